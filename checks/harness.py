@@ -1,0 +1,123 @@
+"""Start an app in process: its lifespan runs, and an httpx client talks to it over ASGI.
+
+    async with serve(app) as client:
+        response = await client.get("/items")
+
+`ASGITransport` alone does not run the lifespan, so the app is wrapped in
+`LifespanManager` and the client is given `manager.app` (state yielded by the lifespan
+reaches `request.state` only that way). Every exception the app raises while handling a
+request is recorded in `client.app_errors`, even when an exception handler already
+turned it into a 500, so a check can tell the learner what raised where.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+import traceback
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+import httpx
+from asgi_lifespan import LifespanManager
+
+BASE_URL = "http://testserver"
+_LIBRARY_DIRS = tuple(
+    os.path.abspath(path) + os.sep
+    for path in {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+)
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+@dataclass
+class AppError:
+    """An exception raised inside the app while it handled a request."""
+
+    method: str
+    path: str
+    exception: BaseException
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path} raised {describe_exception(self.exception)}"
+
+
+class AppClient(httpx.AsyncClient):
+    """An `httpx.AsyncClient` that also knows which exceptions the app raised."""
+
+    app_errors: list[AppError]
+
+    def errors_for(self, path: str) -> list[AppError]:
+        return [error for error in self.app_errors if error.path == path]
+
+
+def _learner_frame(exc: BaseException):
+    """The innermost traceback frame that is neither a library's nor this package's."""
+    found = None
+    for frame, lineno in traceback.walk_tb(exc.__traceback__):
+        filename = os.path.abspath(frame.f_code.co_filename)
+        if filename.startswith(_LIBRARY_DIRS) or filename.startswith(_PACKAGE_DIR) or filename.startswith("<frozen"):
+            continue
+        found = (frame.f_code.co_name, lineno, filename)
+    return found
+
+
+def describe_exception(exc: BaseException) -> str:
+    """`ValueError: bad input (in forecast(), line 3)`: short, in the learner's terms."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if len(text) > 300:
+        text = text[:297] + "..."
+    where = _learner_frame(exc)
+    if where:
+        name, lineno, filename = where
+        in_cell = "ipykernel_" in filename or filename.startswith("<ipython")
+        text += f" (in {name}(), line {lineno}{' of its cell' if in_cell else ''})"
+    return text
+
+
+def _recording(app, errors: list[AppError]):
+    async def recorder(scope, receive, send):
+        try:
+            await app(scope, receive, send)
+        except BaseException as exc:
+            if scope["type"] == "http":
+                errors.append(AppError(scope.get("method", "?"), scope.get("path", "?"), exc))
+            raise
+
+    return recorder
+
+
+@asynccontextmanager
+async def serve(
+    app,
+    *,
+    raise_app_exceptions: bool = True,
+    base_url: str = BASE_URL,
+    lifespan_timeout: float = 5.0,
+    timeout: float | None = 30.0,
+) -> AsyncIterator[AppClient]:
+    """Run `app`'s lifespan and yield a client wired to it; shut it down on exit.
+
+    `raise_app_exceptions=False` lets a request that raised come back as the 500 the app
+    sent (lessons about error responses need that); the exception is still recorded.
+    """
+    if not callable(app):
+        raise TypeError(f"serve() needs an ASGI app such as FastAPI(), got {type(app).__name__}")
+    errors: list[AppError] = []
+    async with LifespanManager(
+        _recording(app, errors), startup_timeout=lifespan_timeout, shutdown_timeout=lifespan_timeout
+    ) as manager:
+        transport = httpx.ASGITransport(app=manager.app, raise_app_exceptions=raise_app_exceptions)
+        async with AppClient(transport=transport, base_url=base_url, timeout=timeout) as client:
+            client.app_errors = errors
+            yield client
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (rich output available)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython else None
+    return type(shell).__name__ == "ZMQInteractiveShell"

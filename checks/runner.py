@@ -1,0 +1,84 @@
+"""Turn an async check function into a check cell's call: time limit, report, verdict.
+
+    @check("GET /hello greets by name", limit_s=5)
+    async def check_hello(report, app):
+        ...report.add(...)...
+
+In a notebook, `await check_hello(app)` shows the report and raises `CheckFailed` when
+anything failed. Tests call `await check_hello.report(app)` to get the report itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+from .harness import describe_exception, in_notebook
+from .report import CheckFailed, Report
+from .watchdog import CheckTimeout
+
+BLOCKED_HINT = (
+    "Code that never awaits (a busy `while` loop, `time.sleep`, heavy CPU work) inside `async def` "
+    "holds the event loop, so nothing else can run. Await an async call instead, or move the "
+    "blocking work to a thread (`def` route, `asyncio.to_thread`)."
+)
+HANG_HINT = (
+    "Something was awaited that never finishes: a request that never returns, an `Event` never "
+    "set, a lock never released. Check that every route returns a response."
+)
+
+
+class Check:
+    def __init__(self, fn, title: str, limit_s: float):
+        self.fn, self.title, self.limit_s = fn, title, limit_s
+        functools.update_wrapper(self, fn)
+
+    async def report(self, *args, **kwargs) -> Report:
+        """Run the check and return its report, without showing it or raising."""
+        from .watchdog import time_limit
+
+        report = Report(self.title)
+        started = time.perf_counter()
+        try:
+            async with time_limit(self.limit_s):
+                await self.fn(report, *args, **kwargs)
+        except CheckTimeout as exc:
+            report.fail(
+                f"finishes within {self.limit_s:g} s",
+                observed=(
+                    f"stopped after {self.limit_s:g} s: the event loop was blocked"
+                    if exc.blocked
+                    else f"still waiting after {self.limit_s:g} s"
+                ),
+                hint=BLOCKED_HINT if exc.blocked else HANG_HINT,
+            )
+        except Exception as exc:  # the learner's code crashed somewhere the check did not expect
+            report.fail(
+                "runs without raising",
+                observed=describe_exception(exc),
+                hint="Fix the error, run the cell that defines your code again, then this check.",
+            )
+        report.metrics["elapsed_s"] = time.perf_counter() - started
+        if not report.items:
+            report.fail("checked something", observed="the check recorded nothing")
+        return report
+
+    async def __call__(self, *args, **kwargs) -> None:
+        report = await self.report(*args, **kwargs)
+        if in_notebook():
+            from IPython.display import display
+
+            display(report, metadata={"course-check": dict(report.metrics, passed=report.passed)})
+        if not report.passed:
+            raise CheckFailed(report)
+        if not in_notebook():
+            print(report.text())
+
+
+def check(title: str, *, limit_s: float = 10.0):
+    """Decorator: `fn(report, *args)` becomes a `Check` with a time limit."""
+
+    def wrap(fn) -> Check:
+        return Check(fn, title, limit_s)
+
+    return wrap

@@ -1,0 +1,95 @@
+"""Stand-ins for the slow things an API talks to, with real latency and exact counters.
+
+They sleep for real (`asyncio.sleep`, `time.sleep`) or hash for real, so timing is what a
+learner would meet; each counts calls in flight so a check can see overlap exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+
+from .timing import InFlight
+
+
+class SlowService:
+    """A remote service with `latency_s` of network wait, async or blocking."""
+
+    def __init__(self, name: str, latency_s: float = 0.1):
+        self.name = name
+        self.latency_s = latency_s
+        self.in_flight = InFlight()
+
+    def answer(self, key: str) -> dict:
+        """What the service returns for `key` (checks compare responses with it)."""
+        return {"service": self.name, "key": key, "value": sum(map(ord, key)) % 97}
+
+    async def get(self, key: str) -> dict:
+        """The async client: waits without holding the event loop."""
+        with self.in_flight:
+            await asyncio.sleep(self.latency_s)
+            return self.answer(key)
+
+    def get_blocking(self, key: str) -> dict:
+        """The blocking client (think `requests.get`): holds the thread while it waits."""
+        with self.in_flight:
+            time.sleep(self.latency_s)
+            return self.answer(key)
+
+
+class PasswordHasher:
+    """PBKDF2 tuned to take about `target_s` here: real CPU work that releases the GIL."""
+
+    def __init__(self, target_s: float = 0.1):
+        self.target_s = target_s
+        self.in_flight = InFlight()
+        self.durations: list[float] = []
+        self.results: dict[str, str] = {}  # password -> digest, so a check can verify without re-hashing
+        self._iterations = 0
+
+    def _calibrate(self) -> int:
+        probe = 20_000
+        start = time.perf_counter()
+        hashlib.pbkdf2_hmac("sha256", b"probe", b"salt", probe)
+        elapsed = max(time.perf_counter() - start, 1e-4)
+        return max(1_000, int(probe * self.target_s / elapsed))
+
+    def __call__(self, password: str) -> str:
+        if not isinstance(password, str):
+            raise TypeError(f"hash_password() takes a str, got {type(password).__name__}")
+        if not self._iterations:
+            self._iterations = self._calibrate()
+        with self.in_flight:
+            start = time.perf_counter()
+            digest = hashlib.pbkdf2_hmac("sha256", password.encode(), b"course-salt", self._iterations).hex()
+            self.durations.append(time.perf_counter() - start)
+        self.results[password] = digest
+        return digest
+
+
+class LegacyReports:
+    """A vendor SDK with no async API: `render` blocks its thread for `latency_s`."""
+
+    def __init__(self, latency_s: float = 0.1):
+        self.latency_s = latency_s
+        self.in_flight = InFlight()
+
+    def render(self, month: str) -> dict:
+        with self.in_flight:
+            time.sleep(self.latency_s)
+            return {"month": month, "pages": len(month) + 3}
+
+
+class UserStore:
+    """An async data store: `save` awaits a short write and returns the new user's id."""
+
+    def __init__(self, latency_s: float = 0.01):
+        self.latency_s = latency_s
+        self.users: dict[int, dict] = {}
+
+    async def save(self, email: str, password_hash: str) -> int:
+        await asyncio.sleep(self.latency_s)
+        user_id = len(self.users) + 1
+        self.users[user_id] = {"email": email, "password_hash": password_hash}
+        return user_id

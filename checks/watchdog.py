@@ -1,0 +1,108 @@
+"""A time limit that holds even when learner code blocks the event loop.
+
+Two layers:
+- a soft deadline (`asyncio.timeout`) cancels code that awaits forever;
+- a hard deadline (SIGALRM, main thread only) interrupts code that never yields
+  (`while True: pass`, `time.sleep(3600)` in `async def`). The kernel's own interrupt
+  does not stop a busy loop inside an awaited coroutine on ipykernel 7.4; a signal
+  handler that raises does (see shared/MYTHS.md).
+
+The handler raises `LoopBlocked`, a BaseException, so a learner's `except Exception`
+does not swallow it. It only raises while learner code is running: if the signal lands
+inside asyncio's own machinery or inside this package, it waits for the next tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_ASYNCIO_DIR = os.path.dirname(os.path.abspath(asyncio.__file__))
+# How long after the soft deadline the hard one fires, and how often it re-fires
+# (several blocked tasks each need their own interruption).
+HARD_GRACE_S = 1.0
+REFIRE_S = 0.25
+
+
+class LoopBlocked(BaseException):
+    """Raised into learner code that kept the event loop busy past the time limit."""
+
+
+class CheckTimeout(Exception):
+    """A check ran out of time. `blocked` tells whether the event loop was stuck."""
+
+    def __init__(self, limit_s: float, blocked: bool):
+        self.limit_s = limit_s
+        self.blocked = blocked
+        super().__init__(
+            f"time limit of {limit_s:g} s reached "
+            + ("(the event loop was blocked)" if blocked else "(something awaited forever)")
+        )
+
+
+@dataclass
+class _State:
+    fired: bool = False
+
+
+def _is_internal(frame) -> bool:
+    """True when the interrupted frame belongs to asyncio, selectors or this package."""
+    filename = os.path.abspath(frame.f_code.co_filename) if frame else ""
+    return (
+        filename.startswith(_ASYNCIO_DIR + os.sep)
+        or filename.startswith(_PACKAGE_DIR + os.sep)
+        or os.path.basename(filename) in {"selectors.py", "threading.py"}
+    )
+
+
+def _can_use_signals() -> bool:
+    return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+
+
+@asynccontextmanager
+async def time_limit(seconds: float):
+    """Run the body under a time limit; raise `CheckTimeout` when it is exceeded."""
+    state = _State()
+    use_signals = _can_use_signals()
+    previous = None
+
+    def on_alarm(signum, frame):
+        if _is_internal(frame):
+            return  # not in learner code: try again at the next tick
+        state.fired = True
+        raise LoopBlocked(f"stopped after {seconds:g} s: the event loop was blocked")
+
+    if use_signals:
+        previous = signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, seconds + HARD_GRACE_S, REFIRE_S)
+    try:
+        soft = asyncio.timeout(seconds)
+        try:
+            async with soft:
+                yield
+        except TimeoutError as exc:
+            if not soft.expired():
+                raise  # a TimeoutError of the code under test, not our deadline
+            raise CheckTimeout(seconds, blocked=state.fired) from exc
+        except LoopBlocked as exc:
+            raise CheckTimeout(seconds, blocked=True) from exc
+        except BaseExceptionGroup as group:
+            if state.fired or group.subgroup(LoopBlocked) is not None:
+                raise CheckTimeout(seconds, blocked=True) from group
+            raise
+        except BaseException:
+            if state.fired:
+                raise CheckTimeout(seconds, blocked=True) from None
+            raise
+        if state.fired:
+            # The blocked code ran in another task that died; ours finished anyway.
+            raise CheckTimeout(seconds, blocked=True)
+    finally:
+        if use_signals:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous if previous is not None else signal.SIG_DFL)
