@@ -107,13 +107,20 @@ async def serve(
     if not callable(app):
         raise TypeError(f"serve() needs an ASGI app such as FastAPI(), got {type(app).__name__}")
     errors: list[AppError] = []
+    body_error: Exception | None = None
     async with LifespanManager(
         _recording(app, errors), startup_timeout=lifespan_timeout, shutdown_timeout=lifespan_timeout
     ) as manager:
         transport = httpx.ASGITransport(app=manager.app, raise_app_exceptions=raise_app_exceptions)
         async with AppClient(transport=transport, base_url=base_url, timeout=timeout) as client:
             client.app_errors = errors
-            yield client
+            try:
+                yield client
+            except Exception as exc:
+                # LifespanManager skips shutdown when its body raises; run it, then re-raise.
+                body_error = exc
+    if body_error is not None:
+        raise body_error
 
 
 def in_notebook() -> bool:

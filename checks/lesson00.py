@@ -24,7 +24,7 @@ async def check_hello(report, app):
             expected = {"message": f"Hello, {shown}!"}
             if response.status_code != 200:
                 report.fail(f"GET {url} answers 200", observed=show_response(response, client),
-                            expected="200", hint=status_hint(response, "GET", "/hello"))
+                            expected="200", hint=status_hint(response, "GET", "/hello", client))
                 return
             try:
                 body = response.json()

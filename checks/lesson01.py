@@ -62,7 +62,7 @@ def _first_ok(report, run: ConcurrencyRun, client, method: str, path: str, check
             return False
         if response.status_code != 200:
             report.fail(f"{method} {path} answers 200", observed=show_response(response, client), expected="200",
-                        hint=status_hint(response, method, path))
+                        hint=status_hint(response, method, path, client))
             return False
         problem = check_body(response)
         if problem:

@@ -21,9 +21,13 @@ def show_response(response: httpx.Response, client=None) -> str:
     return text
 
 
-def status_hint(response: httpx.Response, method: str, path: str) -> str:
+def status_hint(response: httpx.Response, method: str, path: str, client=None) -> str:
     """A hint for the usual reasons a request did not get its 200."""
     code = response.status_code
+    errors = client.errors_for(response.request.url.path) if client is not None else []
+    if code >= 500 and errors and "coroutine" in str(errors[-1].exception):
+        return ("A coroutine object turned up where a value belongs: did you forget an `await` "
+                "in front of an async call?")
     if code == 404:
         return f"Nothing answers {method} {path} yet: define the route (check its path) and run its cell again."
     if code == 405:

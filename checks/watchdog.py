@@ -65,8 +65,12 @@ def _can_use_signals() -> bool:
 
 
 @asynccontextmanager
-async def time_limit(seconds: float):
-    """Run the body under a time limit; raise `CheckTimeout` when it is exceeded."""
+async def time_limit(seconds: float, hard_grace_s: float = HARD_GRACE_S):
+    """Run the body under a time limit; raise `CheckTimeout` when it is exceeded.
+
+    Code that awaits is cancelled at `seconds`; code that blocks the loop is interrupted
+    `hard_grace_s` later (the soft deadline cannot fire while the loop is stuck).
+    """
     state = _State()
     use_signals = _can_use_signals()
     previous = None
@@ -79,7 +83,7 @@ async def time_limit(seconds: float):
 
     if use_signals:
         previous = signal.signal(signal.SIGALRM, on_alarm)
-        signal.setitimer(signal.ITIMER_REAL, seconds + HARD_GRACE_S, REFIRE_S)
+        signal.setitimer(signal.ITIMER_REAL, seconds + hard_grace_s, REFIRE_S)
     try:
         soft = asyncio.timeout(seconds)
         try:

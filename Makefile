@@ -1,0 +1,32 @@
+# The two commands of the README:
+#   make course   set up (own virtual environment) and open the course in JupyterLab
+#   make test     set up and run every test (what CI runs, through .ci/run)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# JupyterLab refuses to run as root unless told; learners are rarely root, containers often are.
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+.PHONY: course test build bench clean
+
+course: $(VENV)/.installed-lab
+	$(VENV)/bin/jupyter lab $(ROOT_FLAG) notebooks/00_welcome.ipynb
+
+test: $(VENV)/.installed-dev
+	$(PY) -m pytest tests solutions --nbval-lax -n 2 --dist loadfile
+
+build: $(VENV)/.installed-dev        ## regenerate notebooks/ from solutions/
+	$(PY) -m checks.build
+
+bench: $(VENV)/.installed-dev        ## seconds per notebook and per check cell
+	$(PY) bench/notebooks.py
+
+$(VENV)/.installed-%: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (found %s)" % sys.version.split()[0])'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --editable '.[$*]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,115 @@
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from checks.harness import describe_exception, serve
+
+pytestmark = pytest.mark.anyio
+
+
+def app_with_lifespan(events):
+    @asynccontextmanager
+    async def lifespan(app):
+        events.append("startup")
+        yield {"greeting": "hi"}
+        events.append("shutdown")
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.get("/state")
+    async def state(request: Request):
+        return {"greeting": request.state.greeting}
+
+    return app
+
+
+async def test_lifespan_runs_and_its_state_reaches_requests():
+    events = []
+    async with serve(app_with_lifespan(events)) as client:
+        assert events == ["startup"]
+        response = await client.get("/state")
+        assert response.json() == {"greeting": "hi"}
+    assert events == ["startup", "shutdown"]
+
+
+async def test_shutdown_runs_even_when_the_body_raises():
+    events = []
+    with pytest.raises(RuntimeError):
+        async with serve(app_with_lifespan(events)):
+            raise RuntimeError("boom")
+    assert events == ["startup", "shutdown"]
+
+
+def failing_app():
+    app = FastAPI()
+
+    @app.get("/boom")
+    async def boom():
+        return 1 / 0
+
+    return app
+
+
+async def test_app_exceptions_are_raised_by_default_and_recorded():
+    async with serve(failing_app()) as client:
+        with pytest.raises(ZeroDivisionError):
+            await client.get("/boom")
+        assert [error.path for error in client.app_errors] == ["/boom"]
+
+
+async def test_without_raising_the_client_sees_the_500_and_the_error_is_still_recorded():
+    app = failing_app()
+
+    @app.exception_handler(Exception)
+    async def catch_all(request, exc):
+        return JSONResponse({"error": "internal"}, status_code=500)
+
+    async with serve(app, raise_app_exceptions=False) as client:
+        response = await client.get("/boom")
+        assert response.status_code == 500 and response.json() == {"error": "internal"}
+        (error,) = client.errors_for("/boom")
+        assert isinstance(error.exception, ZeroDivisionError)
+        assert "GET /boom raised ZeroDivisionError: division by zero (in boom(), line" in str(error)
+
+
+async def test_a_lifespan_that_raises_surfaces_its_error():
+    @asynccontextmanager
+    async def lifespan(app):
+        raise ValueError("no database")
+        yield
+
+    with pytest.raises(ValueError, match="no database"):
+        async with serve(FastAPI(lifespan=lifespan)):
+            pass
+
+
+async def test_serve_rejects_what_is_not_an_app():
+    with pytest.raises(TypeError, match="needs an ASGI app"):
+        async with serve(None):
+            pass
+
+
+def test_describe_exception_is_short_and_names_the_learner_function():
+    def learner_code():
+        raise KeyError("city")
+
+    try:
+        learner_code()
+    except KeyError as exc:
+        text = describe_exception(exc)
+    assert text.startswith("KeyError: 'city' (in learner_code(), line ")
+    assert "\n" not in text
+
+
+def test_describe_exception_unwraps_a_single_exception_group():
+    group = ExceptionGroup("one", [ValueError("inner")])
+    assert describe_exception(group).startswith("ValueError: inner")
+
+
+def test_client_is_an_httpx_async_client():
+    from checks.harness import AppClient
+
+    assert issubclass(AppClient, httpx.AsyncClient)

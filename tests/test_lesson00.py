@@ -1,0 +1,123 @@
+"""Lesson 00's check: right answers pass, the usual mistakes fail with the right hint."""
+
+import pytest
+from fastapi import FastAPI, Query
+
+from checks import CheckFailed
+from checks.lesson00 import check_hello
+from conftest import failure_text
+
+pytestmark = pytest.mark.anyio
+
+
+def right_async():
+    app = FastAPI()
+
+    @app.get("/hello")
+    async def hello(name: str = "world"):
+        return {"message": f"Hello, {name}!"}
+
+    return app
+
+
+def right_sync_with_query():
+    app = FastAPI()
+
+    @app.get("/hello")
+    def hello(name: str = Query("world", max_length=50)):
+        return {"message": "Hello, " + name + "!"}
+
+    return app
+
+
+@pytest.mark.parametrize("make_app", [right_async, right_sync_with_query])
+async def test_right_answers_pass(make_app):
+    report = await check_hello.report(make_app())
+    assert report.passed, report.text()
+
+
+def missing_route():
+    return FastAPI()
+
+
+def no_default():
+    app = FastAPI()
+
+    @app.get("/hello")
+    async def hello(name: str):
+        return {"message": f"Hello, {name}!"}
+
+    return app
+
+
+def hard_coded():
+    app = FastAPI()
+
+    @app.get("/hello")
+    async def hello(name: str = "world"):
+        return {"message": "Hello, Ada!" if name == "Ada" else "Hello, world!"}
+
+    return app
+
+
+def no_exclamation():
+    app = FastAPI()
+
+    @app.get("/hello")
+    async def hello(name: str = "world"):
+        return {"message": f"Hello, {name}"}
+
+    return app
+
+
+def raises():
+    app = FastAPI()
+
+    @app.get("/hello")
+    async def hello(name: str = "world"):
+        raise NotImplementedError("this exercise is not written yet")
+
+    return app
+
+
+def wrong_method():
+    app = FastAPI()
+
+    @app.post("/hello")
+    async def hello(name: str = "world"):
+        return {"message": f"Hello, {name}!"}
+
+    return app
+
+
+@pytest.mark.parametrize(
+    "make_app, expected_in_failure",
+    [
+        (missing_route, "Nothing answers GET /hello yet"),
+        (no_default, "FastAPI rejected the request"),
+        (hard_coded, "Use the `name` parameter"),
+        (no_exclamation, "defaults to \"world\""),
+        (raises, "NotImplementedError: this exercise is not written yet (in hello(), line"),
+        (wrong_method, "@app.get"),
+    ],
+)
+async def test_wrong_answers_fail_with_the_right_hint(make_app, expected_in_failure):
+    report = await check_hello.report(make_app())
+    assert not report.passed
+    assert expected_in_failure in failure_text(report)
+
+
+async def test_calling_the_check_raises_check_failed_with_the_report():
+    with pytest.raises(CheckFailed) as caught:
+        await check_hello(missing_route())
+    assert "GET /hello answers 200" in str(caught.value)
+
+
+async def test_a_passing_check_raises_nothing(capsys):
+    await check_hello(right_async())
+    assert "✓ Lesson 00" in capsys.readouterr().out
+
+
+async def test_passing_something_that_is_not_an_app_is_explained():
+    report = await check_hello.report("app")
+    assert "runs without raising" in failure_text(report)

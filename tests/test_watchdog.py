@@ -1,0 +1,85 @@
+import asyncio
+import time
+
+import pytest
+
+from checks.watchdog import CheckTimeout, time_limit
+
+pytestmark = pytest.mark.anyio
+GRACE = 0.2  # shorter than the default, to keep the suite fast
+
+
+async def elapsed_until_timeout(body, limit=0.3):
+    start = time.perf_counter()
+    with pytest.raises(CheckTimeout) as caught:
+        async with time_limit(limit, hard_grace_s=GRACE):
+            await body()
+    return time.perf_counter() - start, caught.value
+
+
+async def test_busy_loop_in_a_coroutine_is_stopped_and_reported_as_blocked():
+    async def spin():
+        while True:
+            pass
+
+    elapsed, error = await elapsed_until_timeout(spin)
+    assert error.blocked
+    assert elapsed < 0.3 + GRACE + 1.0  # limit + hard grace + slack
+
+
+async def test_except_exception_in_learner_code_does_not_swallow_the_stop():
+    async def stubborn():
+        while True:
+            try:
+                while True:
+                    pass
+            except Exception:
+                pass
+
+    _, error = await elapsed_until_timeout(stubborn)
+    assert error.blocked
+
+
+async def test_blocking_sleep_is_interrupted():
+    async def sleeper():
+        time.sleep(3600)
+
+    elapsed, error = await elapsed_until_timeout(sleeper)
+    assert error.blocked and elapsed < 3
+
+
+async def test_several_blocked_tasks_are_each_stopped():
+    async def spin_later():
+        await asyncio.sleep(0)
+        while True:
+            pass
+
+    async def many():
+        await asyncio.gather(*(spin_later() for _ in range(3)), return_exceptions=True)
+
+    elapsed, error = await elapsed_until_timeout(many)
+    assert error.blocked and elapsed < 4
+
+
+async def test_awaiting_forever_is_a_timeout_but_not_a_block():
+    elapsed, error = await elapsed_until_timeout(lambda: asyncio.Event().wait())
+    assert not error.blocked
+    assert elapsed < 1.0
+
+
+async def test_a_timeout_error_of_the_code_itself_is_not_mistaken_for_the_limit():
+    async def own_timeout():
+        raise TimeoutError("upstream timed out")
+
+    with pytest.raises(TimeoutError, match="upstream"):
+        async with time_limit(5):
+            await own_timeout()
+
+
+async def test_fast_code_passes_and_the_alarm_is_disarmed():
+    import signal
+
+    async with time_limit(0.1, hard_grace_s=GRACE):
+        await asyncio.sleep(0.01)
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    await asyncio.sleep(0.5)  # an alarm left armed would fire here
