@@ -51,6 +51,8 @@ def _judge_timing(
         hint="Requests that wait one after another mean each one held the event loop while it worked.",
     )
     report.figure(f"Your {N} requests: overlapping bars are concurrent, a staircase is not", run.timeline._repr_png_)
+    # Time spent inside the learner's requests: the check's own overhead is the rest.
+    report.metrics["in_requests_s"] = run.single_s + run.total_s
 
 
 def _first_ok(report, run: ConcurrencyRun, client, method: str, path: str, check_body) -> bool:
