@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import time
+import warnings
 
 from .harness import describe_exception, in_notebook
 from .report import CheckFailed, Report
@@ -40,8 +41,12 @@ class Check:
         report = Report(self.title)
         started = time.perf_counter()
         try:
-            async with time_limit(self.limit_s):
-                await self.fn(report, *args, **kwargs)
+            # Warnings are shown, never raised: a learner's `simplefilter("error")`, or a test
+            # runner's, must not turn a deprecation notice into a failed check.
+            with warnings.catch_warnings():
+                warnings.simplefilter("default")
+                async with time_limit(self.limit_s):
+                    await self.fn(report, *args, **kwargs)
         except CheckTimeout as exc:
             report.fail(
                 f"finishes within {self.limit_s:g} s",

@@ -121,3 +121,47 @@ async def test_a_passing_check_raises_nothing(capsys):
 async def test_passing_something_that_is_not_an_app_is_explained():
     report = await check_hello.report("app")
     assert "runs without raising" in failure_text(report)
+
+
+def noisy():
+    import logging
+    import sys
+    import warnings
+
+    app = FastAPI()
+
+    @app.get("/hello")
+    async def hello(name: str = "world"):
+        warnings.warn("old spelling", DeprecationWarning)
+        print("debug: hello called", file=sys.stderr)
+        logging.getLogger("learner").error("something logged")
+        return {"message": f"Hello, {name}!"}
+
+    return app
+
+
+@pytest.mark.filterwarnings("error")  # even with every warning turned into an error
+async def test_warnings_prints_and_logs_from_learner_code_do_not_change_the_verdict():
+    report = await check_hello.report(noisy())
+    assert report.passed, report.text()
+
+
+async def test_running_the_check_twice_gives_the_same_verdict():
+    app = right_async()
+    first, second = await check_hello.report(app), await check_hello.report(app)
+    assert first.passed and second.passed
+
+
+async def test_the_checks_own_code_raises_no_warning():
+    import warnings
+    from pathlib import Path
+
+    import checks
+
+    package = str(Path(checks.__file__).parent)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for make_app in (right_async, missing_route, raises, noisy):
+            await check_hello.report(make_app())
+    assert [w for w in caught if w.filename.startswith(package)] == []
+    assert any("old spelling" in str(w.message) for w in caught), "the learner's own warning is still shown"
