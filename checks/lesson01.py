@@ -37,7 +37,7 @@ def _judge_timing(
         "keeps the event loop free",
         gap_ms < limit_ms,
         observed=f"longest event-loop stall {gap_ms:.0f} ms while {N} requests ran",
-        expected=f"under {limit_ms:.0f} ms (one {call} takes {block_s * 1000:.0f} ms here)",
+        expected=f"under {limit_ms:.0f} ms (one call to {call} takes {block_s * 1000:.0f} ms here)",
         hint=hint,
     )
     overlap = f"at most {counter.peak} of {N} calls to {call} ran at once"
@@ -91,7 +91,7 @@ async def check_forecast(report, app):
     async with serve(app, raise_app_exceptions=False) as client:
         run = await measure_concurrency(client, "GET", path, n=N)
         if _first_ok(report, run, client, "GET", path, lambda r: None if _json(r) == expected else str(expected)):
-            _judge_timing(report, run, forecast_api.in_flight, "forecast_api call", forecast_api.latency_s, io_bound=True,
+            _judge_timing(report, run, forecast_api.in_flight, "forecast_api", forecast_api.latency_s, io_bound=True,
                           hint="`get_blocking` holds the thread while it waits, and in `async def` that thread runs "
                                "the event loop. The service also has a client you can await.")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -22,6 +23,11 @@ class Item:
     observed: str = ""
     expected: str = ""
     hint: str = ""
+
+
+def _html_text(text: str) -> str:
+    """Escape, then show `code` spans as code."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
 
 
 @dataclass
@@ -90,14 +96,14 @@ class Report:
             details = ""
             if item.passed:
                 if item.observed:
-                    details = f' <span style="color:#57606a">({html.escape(item.observed)})</span>'
+                    details = f' <span style="color:#57606a">({_html_text(item.observed)})</span>'
             else:
                 parts = []
                 for label, value in (("observed", item.observed), ("expected", item.expected), ("hint", item.hint)):
                     if value:
-                        parts.append(f"<div><b>{label}:</b> {html.escape(value)}</div>")
+                        parts.append(f"<div><b>{label}:</b> {_html_text(value)}</div>")
                 details = f'<div style="margin:2px 0 6px 1.6em">{"".join(parts)}</div>'
-            rows.append(f"<li style='list-style:none'>{mark} {html.escape(item.name)}{details}</li>")
+            rows.append(f"<li style='list-style:none'>{mark} {_html_text(item.name)}{details}</li>")
         images = "".join(
             f'<figure style="margin:6px 0"><img alt="{html.escape(caption)}" src="data:image/png;base64,{png}"/>'
             f"<figcaption style='color:#57606a'>{html.escape(caption)}</figcaption></figure>"
