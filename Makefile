@@ -6,11 +6,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # JupyterLab refuses to run as root unless told; learners are rarely root, containers often are.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+LAB_ARGS ?=
 
 .PHONY: course test build bench clean
 
 course: $(VENV)/.installed-lab
-	$(VENV)/bin/jupyter lab $(ROOT_FLAG) notebooks/00_welcome.ipynb
+	$(VENV)/bin/jupyter lab $(ROOT_FLAG) $(LAB_ARGS) notebooks/00_welcome.ipynb
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest tests solutions --nbval-lax -n 2 --dist loadfile

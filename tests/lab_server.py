@@ -1,0 +1,99 @@
+"""Start a real JupyterLab on loopback for the environment tests, and stop it cleanly.
+
+Every Jupyter folder (config, data, runtime, settings, workspaces) points into a temporary
+folder, so a test leaves nothing behind and meets no one's personal settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+TOKEN = "course-test-token"
+# Settings that keep a test quiet and repeatable: no news pop-up, no autosave rewriting the
+# notebook, every cell kept in the page (windowing would drop cells scrolled out of view).
+SETTINGS = {
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false", "checkForUpdates": False},
+    "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
+    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def jupyter_env(home: Path) -> dict[str, str]:
+    """An environment whose Jupyter folders all live under `home`, with quiet settings."""
+    settings = home / "settings"
+    for name, values in SETTINGS.items():
+        target = settings / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(values))
+    env = dict(os.environ)
+    env.update(
+        JUPYTER_CONFIG_DIR=str(home / "config"),
+        JUPYTER_DATA_DIR=str(home / "data"),
+        JUPYTER_RUNTIME_DIR=str(home / "runtime"),
+        JUPYTERLAB_SETTINGS_DIR=str(settings),
+        JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"),
+    )
+    return env
+
+
+def lab_args(port: int) -> list[str]:
+    return [
+        "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={TOKEN}",
+    ]
+
+
+def get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers={"Authorization": f"token {TOKEN}"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.status, response.read()
+
+
+def wait_until_up(port: int, process: subprocess.Popen, deadline_s: float, log: Path) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if process.poll() is not None:
+            raise RuntimeError(f"the command ended with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if get(f"http://127.0.0.1:{port}/api/status", timeout=2)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"JupyterLab did not answer within {deadline_s:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+@contextmanager
+def running(command: list[str], cwd: Path, home: Path, port: int, deadline_s: float):
+    """Run `command` (which starts JupyterLab on `port`) until the block ends; yield its log path."""
+    log = home / "server.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            command, cwd=cwd, env=jupyter_env(home), stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        try:
+            wait_until_up(port, process, deadline_s, log)
+            yield log
+        finally:
+            # The whole process group: `make` and the jupyter server it started.
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout=15)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=5)

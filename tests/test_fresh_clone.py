@@ -1,0 +1,38 @@
+"""The README's first command on a fresh clone: it sets everything up and serves the course.
+
+The clone gets its own virtual environment from `make course`; JupyterLab is started on a
+free loopback port instead of opening a browser, asked for the notebooks, and stopped.
+"""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from lab_server import get, lab_args, free_port, running
+
+ROOT = Path(__file__).resolve().parent.parent
+INSTALL_DEADLINE_S = 420  # a cold pip cache downloads JupyterLab and friends
+
+
+@pytest.mark.skipif(shutil.which("git") is None or shutil.which("make") is None, reason="needs git and make")
+def test_first_readme_command_sets_up_and_serves_the_notebooks(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    assert "make course" in readme.split("```")[1], "the README's first command is `make course`"
+    clone = tmp_path / "course"
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True, timeout=60)
+    port = free_port()
+    command = ["make", "course", f"LAB_ARGS={' '.join(lab_args(port))}"]
+    with running(command, cwd=clone, home=tmp_path / "jupyter", port=port, deadline_s=INSTALL_DEADLINE_S):
+        status, body = get(f"http://127.0.0.1:{port}/api/contents/notebooks")
+        assert status == 200
+        listed = {item["name"] for item in json.loads(body)["content"]}
+        expected = {path.name for path in (ROOT / "notebooks").glob("*.ipynb")}
+        assert expected and expected <= listed
+        status, page = get(f"http://127.0.0.1:{port}/lab/tree/notebooks/00_welcome.ipynb")
+        assert status == 200 and b"JupyterLab" in page
+        status, body = get(f"http://127.0.0.1:{port}/api/kernelspecs")
+        assert "python3" in json.loads(body)["kernelspecs"]
+    assert (clone / ".venv" / "bin" / "jupyter").exists(), "the first command installs into the clone's own .venv"
