@@ -8,13 +8,22 @@ PY := $(VENV)/bin/python
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 LAB_ARGS ?=
 
-.PHONY: course test build bench clean
+.PHONY: course test chromium build bench clean
 
 course: $(VENV)/.installed-lab
 	$(VENV)/bin/jupyter lab $(ROOT_FLAG) $(LAB_ARGS) notebooks/00_welcome.ipynb
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev chromium
 	$(PY) -m pytest tests solutions --nbval-lax -n 2 --dist loadfile
+
+# The browser test drives Debian's chromium (Playwright's own browser download is not used).
+# As root with apt, it is installed; elsewhere the browser test says it is skipped, outside CI.
+chromium:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium for the browser test"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium not found: the browser test will be skipped"; fi; }
 
 build: $(VENV)/.installed-dev        ## regenerate notebooks/ from solutions/
 	$(PY) -m checks.build

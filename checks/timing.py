@@ -14,6 +14,7 @@ import asyncio
 import gc
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 TICK_S = 0.005
@@ -65,28 +66,36 @@ class LoopMonitor:
 
 
 class InFlight:
-    """Counts calls in progress; `peak` is the most that ever ran at once."""
+    """Counts calls in progress (`with counter.call(): ...`), from tasks and threads alike.
+
+    `peak` is the most that ever ran at once; `durations` holds each finished call's time.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.current = 0
         self.peak = 0
         self.calls = 0
+        self.durations: list[float] = []
 
     def reset(self) -> None:
         with self._lock:
             self.current = self.peak = self.calls = 0
+            self.durations = []
 
-    def __enter__(self) -> "InFlight":
+    @contextmanager
+    def call(self):
         with self._lock:
             self.current += 1
             self.calls += 1
             self.peak = max(self.peak, self.current)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        with self._lock:
-            self.current -= 1
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.current -= 1
+                self.durations.append(time.perf_counter() - start)
 
 
 @dataclass

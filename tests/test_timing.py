@@ -46,7 +46,7 @@ def test_in_flight_counts_the_peak_across_threads():
     barrier = threading.Barrier(4)
 
     def work():
-        with counter:
+        with counter.call():
             barrier.wait(timeout=5)
 
     threads = [threading.Thread(target=work) for _ in range(4)]
@@ -55,8 +55,9 @@ def test_in_flight_counts_the_peak_across_threads():
     for thread in threads:
         thread.join()
     assert (counter.peak, counter.current, counter.calls) == (4, 0, 4)
+    assert len(counter.durations) == 4 and all(d >= 0 for d in counter.durations)
     counter.reset()
-    assert (counter.peak, counter.calls) == (0, 0)
+    assert (counter.peak, counter.calls, counter.durations) == (0, 0, [])
 
 
 def test_timeline_overlap_and_total():
