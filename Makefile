@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 LAB_ARGS ?=
 
-.PHONY: course test chromium build bench clean
+.PHONY: course test chromium build bench bench-verdicts clean
 
 course: $(VENV)/.installed-lab
 	$(VENV)/bin/jupyter lab $(ROOT_FLAG) $(LAB_ARGS) notebooks/00_welcome.ipynb
@@ -30,6 +30,9 @@ build: $(VENV)/.installed-dev        ## regenerate notebooks/ from solutions/
 
 bench: $(VENV)/.installed-dev        ## seconds per notebook and per check cell
 	$(PY) bench/notebooks.py
+
+bench-verdicts: $(VENV)/.installed-dev  ## wrong verdicts and margins of the timing checks, idle and loaded
+	$(PY) -u bench/verdicts.py --runs 50
 
 $(VENV)/.installed-%: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (found %s)" % sys.version.split()[0])'

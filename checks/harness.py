@@ -90,13 +90,17 @@ def _recording(app, errors: list[AppError]):
     return recorder
 
 
+class AppStartupError(Exception):
+    """The app's lifespan failed or hung while starting: no request could be sent."""
+
+
 @asynccontextmanager
 async def serve(
     app,
     *,
     raise_app_exceptions: bool = True,
     base_url: str = BASE_URL,
-    lifespan_timeout: float = 5.0,
+    lifespan_timeout: float = 3.0,
     timeout: float | None = 30.0,
 ) -> AsyncIterator[AppClient]:
     """Run `app`'s lifespan and yield a client wired to it; shut it down on exit.
@@ -107,18 +111,29 @@ async def serve(
     if not callable(app):
         raise TypeError(f"serve() needs an ASGI app such as FastAPI(), got {type(app).__name__}")
     errors: list[AppError] = []
-    body_error: Exception | None = None
-    async with LifespanManager(
+    manager = LifespanManager(
         _recording(app, errors), startup_timeout=lifespan_timeout, shutdown_timeout=lifespan_timeout
-    ) as manager:
+    )
+    try:
+        await manager.__aenter__()
+    except TimeoutError as exc:
+        raise AppStartupError(f"its lifespan did not finish starting within {lifespan_timeout:g} s") from exc
+    except Exception as exc:
+        raise AppStartupError(f"its lifespan raised {describe_exception(exc)} while starting") from exc
+
+    body_error: Exception | None = None
+    try:
         transport = httpx.ASGITransport(app=manager.app, raise_app_exceptions=raise_app_exceptions)
         async with AppClient(transport=transport, base_url=base_url, timeout=timeout) as client:
             client.app_errors = errors
-            try:
-                yield client
-            except Exception as exc:
-                # LifespanManager skips shutdown when its body raises; run it, then re-raise.
-                body_error = exc
+            yield client
+    except Exception as exc:
+        # LifespanManager skips shutdown when its body raised: run it anyway, then re-raise.
+        body_error = exc
+    except BaseException:
+        await manager.__aexit__(*sys.exc_info())
+        raise
+    await manager.__aexit__(None, None, None)
     if body_error is not None:
         raise body_error
 

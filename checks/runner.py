@@ -14,7 +14,7 @@ import functools
 import time
 import warnings
 
-from .harness import describe_exception, in_notebook
+from .harness import AppStartupError, describe_exception, in_notebook
 from .report import CheckFailed, Report
 from .watchdog import CheckTimeout
 
@@ -56,6 +56,13 @@ class Check:
                     else f"still waiting after {self.limit_s:g} s"
                 ),
                 hint=BLOCKED_HINT if exc.blocked else HANG_HINT,
+            )
+        except AppStartupError as exc:
+            report.fail(
+                "the app starts",
+                observed=f"the app could not start: {exc}",
+                hint="The lifespan runs before the first request: the code before its `yield` must finish "
+                     "without raising. Run it on its own to see what goes wrong.",
             )
         except Exception as exc:  # the learner's code crashed somewhere the check did not expect
             report.fail(

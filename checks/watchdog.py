@@ -65,12 +65,14 @@ def _can_use_signals() -> bool:
 
 
 @asynccontextmanager
-async def time_limit(seconds: float, hard_grace_s: float = HARD_GRACE_S):
+async def time_limit(seconds: float, hard_grace_s: float | None = None):
     """Run the body under a time limit; raise `CheckTimeout` when it is exceeded.
 
     Code that awaits is cancelled at `seconds`; code that blocks the loop is interrupted
     `hard_grace_s` later (the soft deadline cannot fire while the loop is stuck).
     """
+    if hard_grace_s is None:
+        hard_grace_s = HARD_GRACE_S  # read at call time, so a test may shorten it
     state = _State()
     use_signals = _can_use_signals()
     previous = None

@@ -81,7 +81,9 @@ async def test_a_lifespan_that_raises_surfaces_its_error():
         raise ValueError("no database")
         yield
 
-    with pytest.raises(ValueError, match="no database"):
+    from checks.harness import AppStartupError
+
+    with pytest.raises(AppStartupError, match="its lifespan raised ValueError: no database .in lifespan.., line"):
         async with serve(FastAPI(lifespan=lifespan)):
             pass
 
@@ -113,3 +115,18 @@ def test_client_is_an_httpx_async_client():
     from checks.harness import AppClient
 
     assert issubclass(AppClient, httpx.AsyncClient)
+
+
+async def test_a_lifespan_that_hangs_is_reported_as_a_startup_failure():
+    import asyncio
+
+    from checks.harness import AppStartupError
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await asyncio.Event().wait()
+        yield
+
+    with pytest.raises(AppStartupError, match="did not finish starting within 0.2 s"):
+        async with serve(FastAPI(lifespan=lifespan), lifespan_timeout=0.2):
+            pass

@@ -165,3 +165,18 @@ async def test_the_checks_own_code_raises_no_warning():
             await check_hello.report(make_app())
     assert [w for w in caught if w.filename.startswith(package)] == []
     assert any("old spelling" in str(w.message) for w in caught), "the learner's own warning is still shown"
+
+
+async def test_an_app_whose_lifespan_fails_is_explained():
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app):
+        raise RuntimeError("database URL missing")
+        yield
+
+    app = right_async()
+    app.router.lifespan_context = lifespan
+    report = await check_hello.report(app)
+    assert [item.name for item in report.failures] == ["the app starts"]
+    assert "its lifespan raised RuntimeError: database URL missing" in report.failures[0].observed
