@@ -33,7 +33,12 @@ async def check_hello(report, app):
             if body == expected:
                 report.add(f"GET {url} → {expected}", True)
             else:
-                hint = ("Without ?name=, the name defaults to \"world\": give the parameter a default value."
-                        if name is None else
-                        "Use the `name` parameter in the message rather than a fixed text.")
+                if body is None:
+                    hint = "The route answered `null`: did you forget to `return` the dict?"
+                elif not isinstance(body, dict):
+                    hint = "Return a dict with a \"message\" key: FastAPI turns it into a JSON object."
+                elif name is None:
+                    hint = "Without ?name=, the name defaults to \"world\": give the parameter a default value."
+                else:
+                    hint = "Use the `name` parameter in the message rather than a fixed text."
                 report.fail(f"GET {url} → {expected}", observed=show_response(response), expected=str(expected), hint=hint)

@@ -15,3 +15,13 @@ def names(report):
 
 def failure_text(report):
     return "\n".join(f"{i.name} | {i.observed} | {i.expected} | {i.hint}" for i in report.failures)
+
+
+def assert_feedback_rules(report):
+    """CONTRIBUTING.md's rules for a failed check: observed and a hint per failure, a few lines each."""
+    assert not report.passed and report.failures
+    for item in report.failures:
+        assert item.observed, f"{item.name}: says nothing about what was observed"
+        assert item.hint, f"{item.name}: gives no hint"
+        assert len(report._item_text(item)) <= 4, f"{item.name}: more than four lines"
+        assert "Traceback" not in item.observed and "def " not in item.hint

@@ -1,10 +1,11 @@
 """Hostile learner code, in real kernels: every check cell ends, explains, and the kernel lives on.
 
-For each solution notebook, one kernel runs the whole notebook, then, for every exercise,
-cells that redefine its routes with a hostile body (a busy loop, an hour's `time.sleep`, an
-await that never ends) or give its app a lifespan that hangs or raises, each followed by the
-exercise's check cell with a 1 s limit. Each check must fail with `CheckFailed` saying what
-happened, and a last cell must still run.
+For each solution notebook, one kernel runs the whole notebook, then its check cells again in
+reverse order (same verdicts), then, for every exercise, cells that redefine its routes with a
+hostile body (a busy loop, an hour's `time.sleep`, an await that never ends) or give its app a
+lifespan that hangs or raises, each followed by the exercise's check cell with a 1 s limit.
+Each check must fail with `CheckFailed` saying what happened; the right answer, run again
+afterwards, passes again; and a last cell still runs.
 """
 
 from __future__ import annotations
@@ -70,10 +71,12 @@ def exercises(notebook) -> list[tuple[str, str, str, str]]:
 
 def hostile_cells(notebook) -> list[tuple[str, str, str]]:
     """(what, source, expected message) for the cells appended after the notebook."""
-    cells = []
-    for exercise, check_source, check_name, app_name in exercises(notebook):
+    found = exercises(notebook)
+    # Checks run again, in reverse order and twice, give the same (passing) verdicts.
+    cells = [(f"{name}: run again, out of order", source, "") for _, source, name, _ in reversed(found) for _ in (1, 2)]
+    for exercise, check_source, check_name, app_name in found:
         before, region, after = regions_of(exercise)
-        cells.append(("shorten the limits", f"{check_name}.limit_s = {LIMIT_S}\n"
+        cells.append(("shorten the limits", f"saved_limit = {check_name}.limit_s\n{check_name}.limit_s = {LIMIT_S}\n"
                       f"import checks.watchdog\nchecks.watchdog.HARD_GRACE_S = {HARD_GRACE_S}", ""))
         for what, (body, message) in HOSTILE_BODIES.items():
             cells.append((f"{check_name}: {what} (exercise)", before + with_hostile_routes(region, body) + after, ""))
@@ -83,6 +86,10 @@ def hostile_cells(notebook) -> list[tuple[str, str, str]]:
                         f"{body}\n{app_name}.router.lifespan_context = hostile")
             cells.append((f"{check_name}: {what} (exercise)", exercise + "\n" + lifespan, ""))
             cells.append((f"{check_name}: {what}", check_source, message))
+        # After all that, the right answer run again passes again.
+        cells.append(("restore the limit", f"{check_name}.limit_s = saved_limit", ""))
+        cells.append((f"{check_name}: the right answer again (exercise)", exercise, ""))
+        cells.append((f"{check_name}: the right answer again", check_source, ""))
     cells.append(("still alive", "print('still alive', 6 * 7)", ""))
     return cells
 

@@ -1,11 +1,13 @@
 """Lesson 00's check: right answers pass, the usual mistakes fail with the right hint."""
 
+import gc
+
 import pytest
 from fastapi import FastAPI, Query
 
 from checks import CheckFailed
 from checks.lesson00 import check_hello
-from conftest import failure_text
+from conftest import assert_feedback_rules, failure_text
 
 pytestmark = pytest.mark.anyio
 
@@ -90,6 +92,43 @@ def wrong_method():
     return app
 
 
+def returns_none():
+    app = FastAPI()
+
+    @app.get("/hello")
+    async def hello(name: str = "world"):
+        message = {"message": f"Hello, {name}!"}  # built, never returned
+
+    return app
+
+
+def returns_text():
+    app = FastAPI()
+
+    @app.get("/hello")
+    async def hello(name: str = "world"):
+        return f"Hello, {name}!"
+
+    return app
+
+
+def forgot_await():
+    import asyncio
+
+    async def greeting(name):
+        await asyncio.sleep(0)
+        return {"message": f"Hello, {name}!"}
+
+    app = FastAPI()
+
+    @app.get("/hello")
+    async def hello(name: str = "world"):
+        return greeting(name)
+
+    return app
+
+
+@pytest.mark.filterwarnings("ignore:coroutine .* was never awaited")
 @pytest.mark.parametrize(
     "make_app, expected_in_failure",
     [
@@ -99,11 +138,15 @@ def wrong_method():
         (no_exclamation, "defaults to \"world\""),
         (raises, "NotImplementedError: this exercise is not written yet (in hello(), line"),
         (wrong_method, "@app.get"),
+        (returns_none, "forget to `return`"),
+        (returns_text, "Return a dict with a \"message\" key"),
+        (forgot_await, "forget an `await`"),
     ],
 )
 async def test_wrong_answers_fail_with_the_right_hint(make_app, expected_in_failure):
     report = await check_hello.report(make_app())
-    assert not report.passed
+    gc.collect()  # an un-awaited coroutine warns when collected: inside this test's warning filter
+    assert_feedback_rules(report)
     assert expected_in_failure in failure_text(report)
 
 

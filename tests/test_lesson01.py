@@ -18,7 +18,7 @@ from checks.lesson01 import (
     legacy_reports,
     user_store,
 )
-from conftest import failure_text, names
+from conftest import assert_feedback_rules, failure_text, names
 
 pytestmark = pytest.mark.anyio
 
@@ -65,6 +65,7 @@ async def test_forecast_right_answers_pass(endpoint):
 async def test_forecast_blocking_call_fails_on_stall_and_overlap():
     report = await check_forecast.report(app_with("GET", "/forecast/{city}", forecast_blocking))
     assert names(report) == ["keeps the event loop free", "serves requests concurrently"]
+    assert_feedback_rules(report)
     text = failure_text(report)
     assert "at most 1 of 5 calls" in text and "`get_blocking` holds the thread" in text
 
@@ -108,6 +109,7 @@ async def test_report_right_answers_pass(endpoint):
 async def test_report_in_async_def_fails_with_the_threadpool_hint():
     report = await check_report.report(app_with("GET", "/report/{month}", report_blocking))
     assert names(report) == ["keeps the event loop free", "serves requests concurrently"]
+    assert_feedback_rules(report)
     assert "thread pool" in failure_text(report)
 
 
@@ -162,6 +164,7 @@ async def test_signup_right_answers_pass(endpoint):
 async def test_signup_hashing_on_the_loop_fails_with_the_to_thread_hint():
     report = await check_signup.report(app_with("POST", "/signup", signup_blocking))
     assert names(report) == ["keeps the event loop free", "serves requests concurrently"]
+    assert_feedback_rules(report)
     assert "hand just the hashing to a thread" in failure_text(report)
 
 
@@ -179,3 +182,18 @@ async def test_an_empty_app_fails_fast_with_a_missing_route_hint(check):
     report = await check.report(FastAPI())
     assert "yet: define the route" in failure_text(report)
     assert report.metrics["elapsed_s"] < 1
+
+
+async def test_the_checks_own_code_raises_no_warning():
+    import warnings
+    from pathlib import Path
+
+    import checks
+
+    package = str(Path(checks.__file__).parent)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        await check_forecast.report(app_with("GET", "/forecast/{city}", forecast_awaits))
+        await check_report.report(app_with("GET", "/report/{month}", report_blocking))
+        await check_signup.report(FastAPI())
+    assert [w for w in caught if w.filename.startswith(package)] == []
