@@ -80,6 +80,7 @@ def wait_until_up(port: int, process: subprocess.Popen, deadline_s: float, log: 
 @contextmanager
 def running(command: list[str], cwd: Path, home: Path, port: int, deadline_s: float):
     """Run `command` (which starts JupyterLab on `port`) until the block ends; yield its log path."""
+    home.mkdir(parents=True, exist_ok=True)
     log = home / "server.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
@@ -90,10 +91,18 @@ def running(command: list[str], cwd: Path, home: Path, port: int, deadline_s: fl
             wait_until_up(port, process, deadline_s, log)
             yield log
         finally:
-            # The whole process group: `make` and the jupyter server it started.
-            try:
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait(timeout=15)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=5)
+            stop(process)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """End the whole process group: `make` and the jupyter server it started."""
+    for sig, wait_s in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break  # already gone
+        try:
+            process.wait(timeout=wait_s)
+            break
+        except subprocess.TimeoutExpired:
+            continue
