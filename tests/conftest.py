@@ -25,3 +25,27 @@ def assert_feedback_rules(report):
         assert item.hint, f"{item.name}: gives no hint"
         assert len(report._item_text(item)) <= 4, f"{item.name}: more than four lines"
         assert "Traceback" not in item.observed and "def " not in item.hint
+
+
+def notebook_namespace(name: str) -> dict:
+    """Run a solution notebook's cells that define things (not demos that await, not checks)
+    and return their names: tests build their right and wrong apps from the lesson's own code."""
+    import ast
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "solutions" / f"{name}.ipynb"
+    namespace: dict = {"__name__": f"lesson_{name}"}
+    for cell in json.loads(path.read_text())["cells"]:
+        source = "".join(cell["source"])
+        if cell["cell_type"] != "code" or "check" in cell.get("metadata", {}).get("tags", []):
+            continue
+        tree = ast.parse(source)
+        top_level_await = any(
+            isinstance(node, (ast.Await, ast.AsyncWith, ast.AsyncFor))
+            for statement in tree.body if not isinstance(statement, (ast.AsyncFunctionDef, ast.FunctionDef, ast.ClassDef))
+            for node in ast.walk(statement)
+        )
+        if not top_level_await:
+            exec(compile(tree, f"<{name}>", "exec"), namespace)
+    return namespace

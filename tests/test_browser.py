@@ -55,20 +55,22 @@ def lab(tmp_path_factory):
 
 
 def open_and_run_all(browser, base: str, name: str):
+    """Open `name` alone in a fresh workspace, start Run All Cells; return (page, notebook panel)."""
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
-    page.set_default_timeout(60_000)
-    page.goto(f"{base}/lab/tree/{name}?token={TOKEN}")
+    page.set_default_timeout(90_000)  # CI runs this beside other tests on two cores
+    page.goto(f"{base}/lab/workspaces/{Path(name).stem}/tree/{name}?reset&token={TOKEN}")
+    panel = page.locator(".jp-NotebookPanel:visible")
     # The execution indicator reads idle before the kernel connects: wait for the status bar too.
     page.locator(".jp-StatusBar-TextItem", has_text=re.compile(r"\| Idle$")).first.wait_for()
     for _attempt in range(3):
         page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
         page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
         try:  # a click that came too early does nothing: no prompt ever shows [*] or [n]
-            page.locator(".jp-InputPrompt", has_text=re.compile(r"\[(\*|\d+)\]")).first.wait_for(timeout=5_000)
+            panel.locator(".jp-InputPrompt", has_text=re.compile(r"\[(\*|\d+)\]")).first.wait_for(timeout=5_000)
             break
         except sync_api.TimeoutError:
             continue
-    return page
+    return page, panel
 
 
 def shoot(page, locator, name: str) -> None:
@@ -77,42 +79,42 @@ def shoot(page, locator, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / name))
 
 
-def no_traceback_wall(page) -> None:
-    for text in page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").all_inner_texts():
+def no_traceback_wall(panel) -> None:
+    for text in panel.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").all_inner_texts():
         assert "Traceback (most recent call last)" not in text
         assert len(text.splitlines()) <= 12, f"an error output of {len(text.splitlines())} lines:\n{text}"
 
 
 def test_solution_renders_passing_reports_and_timelines(lab):
     browser, base = lab
-    page = open_and_run_all(browser, base, "solution.ipynb")
-    reports = page.locator(".course-check-report")
+    page, panel = open_and_run_all(browser, base, "solution.ipynb")
+    reports = panel.locator(".course-check-report")
     # Four reports: the broken app's (shown on purpose) and the three passing checks.
-    page.locator(".course-check-report[data-passed='true']").nth(2).wait_for()
+    panel.locator(".course-check-report[data-passed='true']").nth(2).wait_for()
     assert reports.count() == 4
-    assert page.locator(".course-check-report[data-passed='false']").count() == 1
-    timelines = page.locator(".jp-RenderedImage img")
+    assert panel.locator(".course-check-report[data-passed='false']").count() == 1
+    timelines = panel.locator(".jp-RenderedImage img")
     assert timelines.count() >= 3, "the demos draw their timelines as images"
-    assert page.locator(".course-check-report img").count() >= 3, "each timing report carries its timeline"
-    box = page.locator(".course-check-report img").first.bounding_box()
+    assert panel.locator(".course-check-report img").count() >= 3, "each timing report carries its timeline"
+    box = panel.locator(".course-check-report img").first.bounding_box()
     assert box and box["width"] > 200 and box["height"] > 100
-    no_traceback_wall(page)
-    shoot(page, page.locator(".course-check-report[data-passed='true']").last, "solution-passing-report.png")
+    no_traceback_wall(panel)
+    shoot(page, panel.locator(".course-check-report[data-passed='true']").last, "solution-passing-report.png")
     shoot(page, timelines.first, "solution-timeline.png")
     page.close()
 
 
 def test_learner_copy_shows_a_readable_failure(lab):
     browser, base = lab
-    page = open_and_run_all(browser, base, "learner.ipynb")
-    error = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']",
+    page, panel = open_and_run_all(browser, base, "learner.ipynb")
+    error = panel.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']",
                          has_text="CheckFailed").first
     error.wait_for()
     text = error.inner_text()
     assert "Nothing answers GET /forecast/" in text and "hint:" in text
-    failing = page.locator(".course-check-report[data-passed='false']")
+    failing = panel.locator(".course-check-report[data-passed='false']")
     assert failing.count() >= 2  # the broken app's report and the first check's
     assert "observed:" in failing.last.inner_text()
-    no_traceback_wall(page)
+    no_traceback_wall(panel)
     shoot(page, error, "learner-failing-check.png")
     page.close()

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from lab_server import get, lab_args, free_port, running
+import urllib.request
+
+from lab_server import TOKEN, free_port, get, lab_args, running
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def http_error_302(self, request, fp, code, message, headers):
+        return fp
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL_DEADLINE_S = 420  # a cold pip cache downloads JupyterLab and friends
@@ -33,6 +40,10 @@ def test_first_readme_command_sets_up_and_serves_the_notebooks(tmp_path):
         assert expected and expected <= listed
         status, page = get(f"http://127.0.0.1:{port}/lab/tree/notebooks/00_welcome.ipynb")
         assert status == 200 and b"JupyterLab" in page
+        # The first page a learner sees is the welcome notebook, as in the Binder badge's link.
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Authorization": f"token {TOKEN}"})
+        with urllib.request.build_opener(NoRedirect).open(request, timeout=5) as response:
+            assert response.headers["Location"].endswith("/lab/tree/notebooks/00_welcome.ipynb")
         status, body = get(f"http://127.0.0.1:{port}/api/kernelspecs")
         assert "python3" in json.loads(body)["kernelspecs"]
     assert (clone / ".venv" / "bin" / "jupyter").exists(), "the first command installs into the clone's own .venv"

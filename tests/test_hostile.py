@@ -1,17 +1,20 @@
 """Hostile learner code, in real kernels: every check cell ends, explains, and the kernel lives on.
 
 For each solution notebook, one kernel runs the whole notebook, then its check cells again in
-reverse order (same verdicts), then, for every exercise, cells that redefine its routes with a
-hostile body (a busy loop, an hour's `time.sleep`, an await that never ends) or give its app a
-lifespan that hangs or raises, each followed by the exercise's check cell with a 1 s limit.
-Each check must fail with `CheckFailed` saying what happened; the right answer, run again
-afterwards, passes again; and a last cell still runs.
+reverse order (same verdicts), then, for every exercise:
+- the exercise with a hostile body (a busy loop, an hour's `time.sleep`, an await that never
+  ends) in place of its solution: in each region inside an `async def`, and in each route a
+  top-level region defines;
+- its check, with every app it is given started by a lifespan that hangs or raises;
+each followed by the exercise's check cell with a 1 s limit. Each check must fail with
+`CheckFailed` saying what happened; the right answer, run again afterwards, passes again; and a
+last cell still runs.
 """
 
 from __future__ import annotations
 
 import ast
-import re
+import textwrap
 from pathlib import Path
 
 import nbformat
@@ -24,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
 LIMIT_S = 1.0
 HARD_GRACE_S = 0.3  # the default (1 s) only adds waiting here
+ROUTE_METHODS = {"get", "post", "put", "patch", "delete", "api_route"}
 
 HOSTILE_BODIES = {
     "busy loop": ("while True:\n    pass", "stopped after 1 s: the event loop was blocked"),
@@ -31,41 +35,92 @@ HOSTILE_BODIES = {
     "await that never ends": ("import asyncio\nawait asyncio.Event().wait()", "still waiting after 1 s"),
 }
 HOSTILE_LIFESPANS = {
-    "lifespan that hangs": (
-        "    import asyncio\n    await asyncio.Event().wait()\n    yield", "still waiting after 1 s"),
-    "lifespan that raises": (
-        "    raise RuntimeError('no database')\n    yield", "the app could not start: its lifespan raised RuntimeError"),
+    "lifespan that hangs": ("import asyncio\nawait asyncio.Event().wait()\nyield", "still waiting after 1 s"),
+    "lifespan that raises": ("raise RuntimeError('no database')\nyield",
+                             "the app could not start: its lifespan raised RuntimeError"),
 }
+HELPERS = '''
+from contextlib import asynccontextmanager as _acm
+_replaced = []
+
+def _hostile(value, lifespan):
+    """Give an app (not anything else) a hostile lifespan, to be restored by _restore()."""
+    if hasattr(value, "router") and hasattr(value.router, "lifespan_context"):
+        _replaced.append((value, value.router.lifespan_context))
+        value.router.lifespan_context = lifespan
+    return value
+
+def _restore():
+    while _replaced:
+        app, lifespan = _replaced.pop()
+        app.router.lifespan_context = lifespan
+'''
 
 
-def regions_of(source: str) -> tuple[str, str, str]:
-    """(before, region, after) of a cell with one top-level solution region."""
-    match = re.search(rf"^{re.escape(BEGIN)}\n(.*?)^{re.escape(END)}\n?", source, flags=re.S | re.M)
-    assert match, "this test handles exercises whose region starts at the left margin"
-    return source[: match.start()], match.group(1), source[match.end():]
+def _is_route(decorator) -> bool:
+    return isinstance(decorator, ast.Call) and isinstance(decorator.func, ast.Attribute) and decorator.func.attr in ROUTE_METHODS
 
 
-def with_hostile_routes(region: str, body: str) -> str:
-    """The region with every decorated function turned into an `async def` running `body`."""
+def _hostile_routes(region: str, body: str) -> str | None:
+    """A top-level region with each route turned into an `async def` running `body`; None if no route."""
     tree = ast.parse(region)
-    routes = [node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.decorator_list]
-    assert routes, "the region defines no route to make hostile"
+    changed = False
     for index, node in enumerate(tree.body):
-        if node in routes:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and any(map(_is_route, node.decorator_list)):
             fields = {field: getattr(node, field, None) for field in node._fields}
             tree.body[index] = ast.AsyncFunctionDef(**{**fields, "body": ast.parse(body).body, "returns": None})
-    return ast.unparse(ast.fix_missing_locations(tree)) + "\n"
+            changed = True
+    return ast.unparse(ast.fix_missing_locations(tree)) + "\n" if changed else None
 
 
-def exercises(notebook) -> list[tuple[str, str, str, str]]:
-    """(exercise source, check source, check name, app name) for each exercise with a check cell."""
+def _in_async_def(lines: list[str], start: int, indent: str) -> bool:
+    for line in reversed(lines[:start]):
+        stripped = line.lstrip()
+        if stripped.startswith(("def ", "async def ")) and len(line) - len(stripped) < len(indent):
+            return stripped.startswith("async def ")
+    return False
+
+
+def with_hostile_body(source: str, body: str) -> str | None:
+    """The exercise cell with its regions made hostile; None when no region can be."""
+    lines = source.splitlines(keepends=True)
+    out, changed, i = [], False, 0
+    while i < len(lines):
+        if lines[i].strip() != BEGIN:
+            out.append(lines[i])
+            i += 1
+            continue
+        indent = lines[i][: len(lines[i]) - len(lines[i].lstrip())]
+        end = next(j for j in range(i + 1, len(lines)) if lines[j].strip() == END)
+        region = "".join(lines[i + 1:end])
+        if indent and _in_async_def(lines, i, indent):
+            out.append(textwrap.indent(body, indent) + "\n")
+            changed = True
+        elif not indent and (hostile := _hostile_routes(region, body)) is not None:
+            out.append(hostile)
+            changed = True
+        else:
+            out.append(region)
+        i = end + 1
+    return "".join(out) if changed else None
+
+
+def with_hostile_lifespan(check_source: str) -> str:
+    """The check cell with every argument of its awaited call passed through `_hostile`."""
+    tree = ast.parse(check_source)
+    call = next(node.value for node in ast.walk(tree) if isinstance(node, ast.Await))
+    call.args = [ast.Call(ast.Name("_hostile", ast.Load()), [arg, ast.Name("hostile", ast.Load())], []) for arg in call.args]
+    return ast.unparse(ast.fix_missing_locations(tree))
+
+
+def exercises(notebook) -> list[tuple[str, str, str]]:
+    """(exercise source, check source, check name) for each exercise, with the check cell after it."""
     found = []
     for index, cell in enumerate(notebook.cells):
         if cell.cell_type == "code" and BEGIN in cell.source:
             check_cell = next(c for c in notebook.cells[index + 1:] if "check" in c.metadata.get("tags", []))
-            call = next(node for node in ast.walk(ast.parse(check_cell.source, mode="exec"))
-                        if isinstance(node, ast.Await))
-            found.append((cell.source, check_cell.source, call.value.func.id, call.value.args[0].id))
+            call = next(node.value for node in ast.walk(ast.parse(check_cell.source)) if isinstance(node, ast.Await))
+            found.append((cell.source, check_cell.source, call.func.id))
     return found
 
 
@@ -73,25 +128,35 @@ def hostile_cells(notebook) -> list[tuple[str, str, str]]:
     """(what, source, expected message) for the cells appended after the notebook."""
     found = exercises(notebook)
     # Checks run again, in reverse order and twice, give the same (passing) verdicts.
-    cells = [(f"{name}: run again, out of order", source, "") for _, source, name, _ in reversed(found) for _ in (1, 2)]
-    for exercise, check_source, check_name, app_name in found:
-        before, region, after = regions_of(exercise)
+    cells = [(f"{name}: run again, out of order", source, "") for _, source, name in reversed(found) for _ in (1, 2)]
+    cells.append(("helpers", HELPERS, ""))
+    for exercise, check_source, check_name in found:
         cells.append(("shorten the limits", f"saved_limit = {check_name}.limit_s\n{check_name}.limit_s = {LIMIT_S}\n"
                       f"import checks.watchdog\nchecks.watchdog.HARD_GRACE_S = {HARD_GRACE_S}", ""))
         for what, (body, message) in HOSTILE_BODIES.items():
-            cells.append((f"{check_name}: {what} (exercise)", before + with_hostile_routes(region, body) + after, ""))
-            cells.append((f"{check_name}: {what}", check_source, message))
+            hostile = with_hostile_body(exercise, body)
+            if hostile is not None:
+                cells.append((f"{check_name}: {what} (exercise)", hostile, ""))
+                cells.append((f"{check_name}: {what}", check_source, message))
+        cells.append((f"{check_name}: the right answer (exercise)", exercise, ""))
         for what, (body, message) in HOSTILE_LIFESPANS.items():
-            lifespan = (f"from contextlib import asynccontextmanager\n@asynccontextmanager\nasync def hostile(app):\n"
-                        f"{body}\n{app_name}.router.lifespan_context = hostile")
-            cells.append((f"{check_name}: {what} (exercise)", exercise + "\n" + lifespan, ""))
-            cells.append((f"{check_name}: {what}", check_source, message))
-        # After all that, the right answer run again passes again.
+            lifespan = f"@_acm\nasync def hostile(app):\n{textwrap.indent(body, '    ')}"
+            cells.append((f"{check_name}: {what} (lifespan)", lifespan, ""))
+            cells.append((f"{check_name}: {what}", with_hostile_lifespan(check_source), message))
+            cells.append(("restore the lifespans", "_restore()", ""))
+        # After all that, the right answer passes again.
         cells.append(("restore the limit", f"{check_name}.limit_s = saved_limit", ""))
-        cells.append((f"{check_name}: the right answer again (exercise)", exercise, ""))
         cells.append((f"{check_name}: the right answer again", check_source, ""))
     cells.append(("still alive", "print('still alive', 6 * 7)", ""))
     return cells
+
+
+def test_every_exercise_gets_a_hostile_body_somewhere():
+    """Guards the test itself: a lesson whose regions no hostile body can reach is noticed."""
+    for path in SOLUTIONS:
+        notebook = nbformat.read(path, as_version=4)
+        reached = [with_hostile_body(exercise, "pass") is not None for exercise, _, _ in exercises(notebook)]
+        assert any(reached), f"{path.name}: no exercise can be made hostile"
 
 
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
