@@ -11,7 +11,7 @@ LAB_ARGS ?=
 .PHONY: course test chromium build bench bench-verdicts clean
 
 course: $(VENV)/.installed-lab
-	$(VENV)/bin/jupyter lab $(ROOT_FLAG) --ServerApp.default_url=/lab/tree/notebooks/00_welcome.ipynb $(LAB_ARGS)
+	$(VENV)/bin/jupyter lab $(ROOT_FLAG) --LabApp.default_url=/lab/tree/notebooks/00_welcome.ipynb $(LAB_ARGS)
 
 test: $(VENV)/.installed-dev chromium
 	$(PY) -m pytest tests solutions --nbval-lax -n 2 --dist loadfile
