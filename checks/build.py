@@ -6,8 +6,9 @@
 
 In a code cell, the lines between `### BEGIN SOLUTION` and `### END SOLUTION` (nbgrader's
 markers) become a stub: the region's leading comment lines (the task, in words) are kept,
-the code is replaced by `# YOUR CODE HERE`, and inside a block by a `raise
-NotImplementedError(...)` so the cell still runs and the check reports what is missing.
+and the code is replaced by `# YOUR CODE HERE`, followed inside a function by
+`raise NotImplementedError(...)` and inside a class or other block by `pass`, so the cell
+still runs and the check reports what is missing.
 Outputs and execution counts are cleared; everything else is copied unchanged.
 Notebooks are read and written as JSON in nbformat's own layout, so the build is fast.
 """
@@ -30,7 +31,20 @@ class BuildError(ValueError):
     pass
 
 
-def _stub(region: list[str], indent: str) -> list[str]:
+_BLOCKS = ("def ", "async def ", "class ", "if ", "elif ", "else", "for ", "async for ", "while ", "with ",
+           "async with ", "try", "except", "finally", "match ", "case ")
+
+
+def _enclosing(lines: list[str], index: int, indent: str) -> str:
+    """The header of the block the region stands in (a multi-line signature's `def` line)."""
+    for line in reversed(lines[:index]):
+        stripped = line.strip()
+        if stripped.startswith(_BLOCKS) and len(line) - len(line.lstrip()) < len(indent):
+            return stripped
+    return ""
+
+
+def _stub(region: list[str], indent: str, header: str) -> list[str]:
     """The learner's version of one solution region."""
     comments = []
     for line in region:
@@ -39,8 +53,10 @@ def _stub(region: list[str], indent: str) -> list[str]:
         else:
             break
     stub = comments + [f"{indent}# YOUR CODE HERE\n"]
-    if indent:  # inside a function or block: it must still run, and fail its check clearly
+    if header.startswith(("def ", "async def ")):  # a function still runs, and fails its check clearly
         stub.append(f'{indent}raise NotImplementedError("this exercise is not written yet")\n')
+    elif indent:  # a class body or another block must not be empty
+        stub.append(f"{indent}pass\n")
     return stub
 
 
@@ -58,7 +74,7 @@ def strip_solutions(source: str, where: str = "cell") -> str:
                 raise BuildError(f"{where}: {BEGIN} without {END}") from None
             if lines[end].strip() == BEGIN:
                 raise BuildError(f"{where}: {BEGIN} inside another solution region")
-            out += _stub(lines[i + 1 : end], indent)
+            out += _stub(lines[i + 1 : end], indent, _enclosing(lines, i, indent) if indent else "")
             i = end + 1
             continue
         if line.strip() == END:

@@ -111,3 +111,22 @@ def test_every_solution_has_check_cells_and_solution_regions():
         checks = [c for c in cells if "check" in c.get("metadata", {}).get("tags", [])]
         regions = [c for c in cells if c["cell_type"] == "code" and build.BEGIN in "".join(c["source"])]
         assert checks and regions, f"{path.name} needs at least one exercise and one check cell"
+
+
+def test_region_in_a_class_body_becomes_pass_so_the_class_still_exists():
+    source = "class Model:\n    ### BEGIN SOLUTION\n    # Fields here.\n    x: int = 1\n    ### END SOLUTION\n"
+    stub = strip_solutions(source)
+    assert stub == "class Model:\n    # Fields here.\n    # YOUR CODE HERE\n    pass\n"
+    namespace = {}
+    exec(stub, namespace)
+    assert "Model" in namespace
+
+
+def test_region_in_a_method_raises_not_implemented():
+    source = "class A:\n    def f(self):\n        ### BEGIN SOLUTION\n        return 1\n        ### END SOLUTION\n"
+    assert 'raise NotImplementedError' in strip_solutions(source)
+
+
+def test_region_under_a_multi_line_signature_raises_not_implemented():
+    source = "async def f(\n    a: int,\n) -> int:\n    ### BEGIN SOLUTION\n    return a\n    ### END SOLUTION\n"
+    assert strip_solutions(source).endswith('    raise NotImplementedError("this exercise is not written yet")\n')
