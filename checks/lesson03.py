@@ -212,7 +212,8 @@ async def check_signup_model(report, signup_app, SignupIn):
             if response.status_code != 201:
                 report.fail(f"a valid signup ({payload['email'].strip()}) is accepted", observed=show_response(response, client),
                             expected="201", hint=status_hint(response, "POST", "/signup", client) if response.status_code != 422
-                            else "A rule of yours refuses a signup the task allows: read the error's loc and msg.")
+                            else "A rule of yours refuses a signup the task allows: read the error's loc and msg "
+                            "(are surrounding spaces removed before the rules run?).")
                 return
             if body.get("email") != expected_email or body.get("display_name") != payload["display_name"].strip():
                 report.fail("a valid signup is stored normalised", observed=show_response(response),
@@ -277,13 +278,19 @@ async def check_user_out(report, signup_app, UserOut):
     app = signup_app(_SignupIn, UserOut)
     async with serve(app, raise_app_exceptions=False) as client:
         response = await client.post("/signup", json=payload)
+        listing = await client.get("/users")
     if response.status_code != 201:
-        errors = [str(e.exception) for e in client.app_errors]
-        hint = ("The route returns an ORM object: a response model reads its attributes only with "
-                "ConfigDict(from_attributes=True)." if any("valid dictionary" in e or "attributes" in e for e in errors)
-                else status_hint(response, "POST", "/signup", client))
-        report.fail("POST /signup answers 201 with a UserOut", observed=show_response(response, client), expected="201", hint=hint)
+        report.fail("POST /signup answers 201 with a UserOut", observed=show_response(response, client), expected="201",
+                    hint=status_hint(response, "POST", "/signup", client))
         return
+    errors = [str(e.exception) for e in client.errors_for("/users")]
+    report.add(
+        "UserOut.model_validate(user) reads an ORM object", listing.status_code == 200,
+        observed=show_response(listing, client), expected="GET /users → 200",
+        hint=("model_validate reads a dict's keys; to read an object's attributes the model must allow it "
+              "in its ConfigDict." if any("valid dictionary" in e for e in errors)
+              else status_hint(listing, "GET", "/users", client)),
+    )
     body = _json(response) or {}
     report.add(
         "the body has exactly id, email and display_name", sorted(body) == ["display_name", "email", "id"]
