@@ -3,8 +3,8 @@
 For each solution notebook, one kernel runs the whole notebook, then its check cells again in
 reverse order (same verdicts), then, for every exercise:
 - the exercise with a hostile body (a busy loop, an hour's `time.sleep`, an await that never
-  ends) in place of its solution: in each region inside an `async def`, and in each route a
-  top-level region defines;
+  ends) in place of its solution: in each region inside an `async def`, in each route a
+  top-level region defines, and as a validator added to each model a region defines;
 - its check, with every app it is given started by a lifespan that hangs or raises;
 each followed by the exercise's check cell with a 1 s limit. Each check must fail with
 `CheckFailed` saying what happened; the right answer, run again afterwards, passes again; and a
@@ -21,7 +21,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from checks.build import BEGIN, END
+from checks.build import BEGIN, END, _enclosing
 
 ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
@@ -44,10 +44,14 @@ from contextlib import asynccontextmanager as _acm
 _replaced = []
 
 def _hostile(value, lifespan):
-    """Give an app (not anything else) a hostile lifespan, to be restored by _restore()."""
+    """Give an app a hostile lifespan (restored by _restore()); a function that makes apps
+    (a factory) makes them with it; anything else passes unchanged."""
     if hasattr(value, "router") and hasattr(value.router, "lifespan_context"):
         _replaced.append((value, value.router.lifespan_context))
         value.router.lifespan_context = lifespan
+    elif callable(value) and not isinstance(value, type):
+        factory = value
+        return lambda *args, **kwargs: _hostile(factory(*args, **kwargs), lifespan)
     return value
 
 def _restore():
@@ -73,12 +77,12 @@ def _hostile_routes(region: str, body: str) -> str | None:
     return ast.unparse(ast.fix_missing_locations(tree)) + "\n" if changed else None
 
 
-def _in_async_def(lines: list[str], start: int, indent: str) -> bool:
-    for line in reversed(lines[:start]):
-        stripped = line.lstrip()
-        if stripped.startswith(("def ", "async def ")) and len(line) - len(stripped) < len(indent):
-            return stripped.startswith("async def ")
-    return False
+def _hostile_validator(body: str) -> str | None:
+    """For a region in a model's class body: a validator that runs `body` on every validation."""
+    if "await" in body:
+        return None  # validators are synchronous: they can block, not await
+    return ('@__import__("pydantic").model_validator(mode="before")\n@classmethod\n'
+            f'def _hostile(cls, data):\n{textwrap.indent(body, "    ")}\n')
 
 
 def with_hostile_body(source: str, body: str) -> str | None:
@@ -93,14 +97,16 @@ def with_hostile_body(source: str, body: str) -> str | None:
         indent = lines[i][: len(lines[i]) - len(lines[i].lstrip())]
         end = next(j for j in range(i + 1, len(lines)) if lines[j].strip() == END)
         region = "".join(lines[i + 1:end])
-        if indent and _in_async_def(lines, i, indent):
-            out.append(textwrap.indent(body, indent) + "\n")
-            changed = True
-        elif not indent and (hostile := _hostile_routes(region, body)) is not None:
-            out.append(hostile)
-            changed = True
-        else:
-            out.append(region)
+        header = _enclosing(lines, i, indent) if indent else ""
+        hostile = None
+        if header.startswith("async def "):
+            hostile = textwrap.indent(body, indent) + "\n"
+        elif header.startswith("class ") and (validator := _hostile_validator(body)):
+            hostile = region + textwrap.indent(validator, indent)
+        elif not indent:
+            hostile = _hostile_routes(region, body)
+        out.append(hostile if hostile is not None else region)
+        changed = changed or hostile is not None
         i = end + 1
     return "".join(out) if changed else None
 
