@@ -49,3 +49,18 @@ def notebook_namespace(name: str) -> dict:
         if not top_level_await:
             exec(compile(tree, f"<{name}>", "exec"), namespace)
     return namespace
+
+
+async def warnings_from_checks(*reports) -> list:
+    """Run check coroutines and return the warnings raised by the checks package's own code."""
+    import warnings
+    from pathlib import Path
+
+    import checks
+
+    package = str(Path(checks.__file__).parent)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for report in reports:
+            await report
+    return [w for w in caught if w.filename.startswith(package)]

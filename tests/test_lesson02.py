@@ -239,3 +239,14 @@ async def test_overrides_wrong_answers_fail(as_user, failed, hint):
     report = await check_overrides.report(as_user, make_auth_app())
     assert names(report) == failed, report.text()
     assert hint in failure_text(report)
+
+
+async def test_the_checks_own_code_raises_no_warning():
+    from conftest import warnings_from_checks
+
+    assert await warnings_from_checks(
+        check_sessions.report(items_app(session_guide_style, scope="request")),
+        check_auth.report(make_auth_app(www_authenticate=False)),
+        check_caching.report(usage_app(id_cache=True)),
+        check_overrides.report(as_user_leaks, make_auth_app()),
+    ) == []

@@ -193,3 +193,12 @@ async def test_user_out_mistakes_fail(user_out, failed, hint):
     assert names(report) == failed, report.text()
     assert hint in failure_text(report)
     assert_feedback_rules(report)
+
+
+async def test_the_checks_own_code_raises_no_warning():
+    from conftest import warnings_from_checks
+
+    assert await warnings_from_checks(
+        check_signup_model.report(signup_app, model(model_config=ConfigDict(extra="forbid"))),
+        check_user_out.report(signup_app, UserOutWithHash),
+    ) == []
