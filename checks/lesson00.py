@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from .harness import serve
-from .observe import show_response, status_hint
+from .observe import json_body, show_response, status_hint
 from .runner import check
 
 NAMES = ["Grace", "Linus", "Ada", "Guido", "Barbara", "Tim", "Margaret", "Ken"]
@@ -26,10 +26,7 @@ async def check_hello(report, app):
                 report.fail(f"GET {url} answers 200", observed=show_response(response, client),
                             expected="200", hint=status_hint(response, "GET", "/hello", client))
                 return
-            try:
-                body = response.json()
-            except ValueError:
-                body = None
+            body = json_body(response)
             if body == expected:
                 report.add(f"GET {url} → {expected}", True)
             else:

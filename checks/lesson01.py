@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 
 from .harness import serve
-from .observe import show_response, status_hint
+from .observe import json_body, show_response, status_hint
 from .runner import check
 from .services import LegacyReports, PasswordHasher, SlowService, UserStore
 from .timing import ConcurrencyRun, InFlight, measure_concurrency
@@ -81,13 +81,6 @@ def _first_ok(report, run: ConcurrencyRun, client, method: str, path: str, check
     return True
 
 
-def _json(response):
-    try:
-        return response.json()
-    except ValueError:
-        return None
-
-
 @check("Lesson 01 · GET /forecast/{city} awaits the forecast service", limit_s=10)
 async def check_forecast(report, app):
     city = random.choice(CITIES)
@@ -96,7 +89,7 @@ async def check_forecast(report, app):
     forecast_api.in_flight.reset()
     async with serve(app, raise_app_exceptions=False) as client:
         run = await measure_concurrency(client, "GET", path, n=N)
-        if _first_ok(report, run, client, "GET", path, lambda r: None if _json(r) == expected else str(expected)):
+        if _first_ok(report, run, client, "GET", path, lambda r: None if json_body(r) == expected else str(expected)):
             _judge_timing(report, run, forecast_api.in_flight, "forecast_api", io_bound=True,
                           hint="`get_blocking` holds the thread while it waits, and in `async def` that thread runs "
                                "the event loop. The service also has a client you can await.")
@@ -110,7 +103,7 @@ async def check_report(report, app):
     legacy_reports.in_flight.reset()
     async with serve(app, raise_app_exceptions=False) as client:
         run = await measure_concurrency(client, "GET", path, n=N)
-        if _first_ok(report, run, client, "GET", path, lambda r: None if _json(r) == expected else str(expected)):
+        if _first_ok(report, run, client, "GET", path, lambda r: None if json_body(r) == expected else str(expected)):
             _judge_timing(report, run, legacy_reports.in_flight, "legacy_reports.render()", io_bound=True,
                           hint="The SDK has no async API, so it must not run on the event loop's thread. "
                                "Which kind of route does FastAPI run in its thread pool?")
@@ -124,7 +117,7 @@ async def check_signup(report, app):
     user_store.users.clear()
 
     def body_problem(response) -> str | None:
-        body = _json(response)
+        body = json_body(response)
         if not isinstance(body, dict) or body.get("email") != email or not isinstance(body.get("id"), int):
             return f'{{"id": <int>, "email": "{email}"}}'
         saved = user_store.users.get(body["id"])

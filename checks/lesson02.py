@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from .harness import describe_exception, serve
-from .observe import show_response, status_hint
+from .observe import json_body, show_response, status_hint
 from .runner import check
 
 DATABASE_PATH = os.path.join(tempfile.gettempdir(), f"fastapi-course-lesson02-{os.getpid()}.db")
@@ -128,13 +128,6 @@ async def load_tenant(request: Request) -> dict:
     return TENANTS.get(request.headers.get("x-tenant", ""), {"plan": "none", "quota": 0})
 
 
-def _json(response):
-    try:
-        return response.json()
-    except ValueError:
-        return None
-
-
 # ---- exercise 1: a session per request ------------------------------------------------------
 
 @check("Lesson 02 · get_session: commit, roll back, close, before the response", limit_s=15)
@@ -232,7 +225,7 @@ async def check_auth(report, app):
                             expected="WWW-Authenticate: Bearer",
                             hint="A 401 tells the client how to authenticate: pass `headers=` to HTTPException.")
                 continue
-            body = _json(response)
+            body = json_body(response)
             if path == "/me" and expected == 200 and (not isinstance(body, dict) or body.get("email") != SEED_USERS[1][0]):
                 report.fail(name, observed=show_response(response), expected=f'{{"email": "{SEED_USERS[1][0]}", ...}}',
                             hint="/me returns the user the token belongs to.")
@@ -253,7 +246,7 @@ async def check_caching(report, app):
         report.fail("GET /usage answers 200", observed=show_response(first, client), expected="200",
                     hint=status_hint(first, "GET", "/usage", client))
         return
-    bodies = [_json(r) or {} for r in responses]
+    bodies = [json_body(r) or {} for r in responses]
     expected = TENANTS[tenant]
     report.add(
         "plan and quota come from the tenant", all(b.get("plan") == expected["plan"] and b.get("quota") == expected["quota"] for b in bodies),
@@ -295,7 +288,7 @@ async def check_overrides(report, as_user, app):
             return
         report.add(
             "inside the block, requests run as the given user",
-            me.status_code == 200 and (_json(me) or {}).get("email") == ghost.email and stats_response.status_code == 200,
+            me.status_code == 200 and (json_body(me) or {}).get("email") == ghost.email and stats_response.status_code == 200,
             observed=f"/me → {show_response(me, client)}; /admin/stats → {stats_response.status_code}",
             expected=f"/me → 200 with {ghost.email}, /admin/stats → 200",
             hint="Map the dependency that finds the current user to a function that returns the given user.",

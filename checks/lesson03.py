@@ -19,7 +19,7 @@ from sqlalchemy import String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from .harness import serve
-from .observe import show_response, status_hint
+from .observe import json_body, show_response, status_hint
 from .runner import check
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -94,15 +94,8 @@ def _valid(**changes) -> dict:
     return payload
 
 
-def _json(response):
-    try:
-        return response.json()
-    except ValueError:
-        return None
-
-
 def _locs(response) -> list[list]:
-    body = _json(response)
+    body = json_body(response)
     if isinstance(body, dict) and isinstance(body.get("detail"), list):
         return [list(error.get("loc", [])) for error in body["detail"] if isinstance(error, dict)]
     return []
@@ -207,7 +200,7 @@ async def check_signup_model(report, signup_app, SignupIn):
         valid = [_valid(), _valid(email="  Sam.Lee@Example.COM ", display_name="  Sam  "), _valid(age=13)]
         for payload in valid:
             response = await client.post("/signup", json=payload)
-            body = _json(response) or {}
+            body = json_body(response) or {}
             expected_email = payload["email"].strip().lower()
             if response.status_code != 201:
                 report.fail(f"a valid signup ({payload['email'].strip()}) is accepted", observed=show_response(response, client),
@@ -291,7 +284,7 @@ async def check_user_out(report, signup_app, UserOut):
               "in its ConfigDict." if any("valid dictionary" in e for e in errors)
               else status_hint(listing, "GET", "/users", client)),
     )
-    body = _json(response) or {}
+    body = json_body(response) or {}
     report.add(
         "the body has exactly id, email and display_name", sorted(body) == ["display_name", "email", "id"]
         and isinstance(body.get("id"), int) and body.get("email") == payload["email"].lower(),

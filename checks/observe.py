@@ -9,6 +9,14 @@ from .harness import describe_exception
 BODY_CHARS = 160
 
 
+def json_body(response: httpx.Response):
+    """The response's JSON, or None when its body is not JSON."""
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
 def show_response(response: httpx.Response, client=None) -> str:
     """`404 {"detail":"Not Found"}`, plus what the app raised for a 5xx."""
     body = response.text

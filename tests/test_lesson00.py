@@ -12,139 +12,78 @@ from conftest import assert_feedback_rules, failure_text
 pytestmark = pytest.mark.anyio
 
 
-def right_async():
+def hello_app(endpoint=None, method="GET"):
+    """An app whose GET /hello (or another method) is `endpoint`; no route at all without one."""
     app = FastAPI()
-
-    @app.get("/hello")
-    async def hello(name: str = "world"):
-        return {"message": f"Hello, {name}!"}
-
+    if endpoint is not None:
+        app.add_api_route("/hello", endpoint, methods=[method])
     return app
 
 
-def right_sync_with_query():
-    app = FastAPI()
-
-    @app.get("/hello")
-    def hello(name: str = Query("world", max_length=50)):
-        return {"message": "Hello, " + name + "!"}
-
-    return app
+async def right_async(name: str = "world"):
+    return {"message": f"Hello, {name}!"}
 
 
-@pytest.mark.parametrize("make_app", [right_async, right_sync_with_query])
-async def test_right_answers_pass(make_app):
-    report = await check_hello.report(make_app())
+def right_sync_with_query(name: str = Query("world", max_length=50)):
+    return {"message": "Hello, " + name + "!"}
+
+
+@pytest.mark.parametrize("endpoint", [right_async, right_sync_with_query])
+async def test_right_answers_pass(endpoint):
+    report = await check_hello.report(hello_app(endpoint))
     assert report.passed, report.text()
 
 
-def missing_route():
-    return FastAPI()
+async def no_default(name: str):
+    return {"message": f"Hello, {name}!"}
 
 
-def no_default():
-    app = FastAPI()
-
-    @app.get("/hello")
-    async def hello(name: str):
-        return {"message": f"Hello, {name}!"}
-
-    return app
+async def hard_coded(name: str = "world"):
+    return {"message": "Hello, Ada!" if name == "Ada" else "Hello, world!"}
 
 
-def hard_coded():
-    app = FastAPI()
-
-    @app.get("/hello")
-    async def hello(name: str = "world"):
-        return {"message": "Hello, Ada!" if name == "Ada" else "Hello, world!"}
-
-    return app
+async def no_exclamation(name: str = "world"):
+    return {"message": f"Hello, {name}"}
 
 
-def no_exclamation():
-    app = FastAPI()
-
-    @app.get("/hello")
-    async def hello(name: str = "world"):
-        return {"message": f"Hello, {name}"}
-
-    return app
+async def raises(name: str = "world"):
+    raise NotImplementedError("this exercise is not written yet")
 
 
-def raises():
-    app = FastAPI()
-
-    @app.get("/hello")
-    async def hello(name: str = "world"):
-        raise NotImplementedError("this exercise is not written yet")
-
-    return app
+async def returns_none(name: str = "world"):
+    message = {"message": f"Hello, {name}!"}  # built, never returned  # noqa: F841
 
 
-def wrong_method():
-    app = FastAPI()
-
-    @app.post("/hello")
-    async def hello(name: str = "world"):
-        return {"message": f"Hello, {name}!"}
-
-    return app
+async def returns_text(name: str = "world"):
+    return f"Hello, {name}!"
 
 
-def returns_none():
-    app = FastAPI()
-
-    @app.get("/hello")
-    async def hello(name: str = "world"):
-        message = {"message": f"Hello, {name}!"}  # built, never returned
-
-    return app
+async def greeting(name):
+    return {"message": f"Hello, {name}!"}
 
 
-def returns_text():
-    app = FastAPI()
-
-    @app.get("/hello")
-    async def hello(name: str = "world"):
-        return f"Hello, {name}!"
-
-    return app
-
-
-def forgot_await():
-    import asyncio
-
-    async def greeting(name):
-        await asyncio.sleep(0)
-        return {"message": f"Hello, {name}!"}
-
-    app = FastAPI()
-
-    @app.get("/hello")
-    async def hello(name: str = "world"):
-        return greeting(name)
-
-    return app
+async def forgot_await(name: str = "world"):
+    return greeting(name)
 
 
 @pytest.mark.filterwarnings("ignore:coroutine .* was never awaited")
 @pytest.mark.parametrize(
-    "make_app, expected_in_failure",
+    "app, expected_in_failure",
     [
-        (missing_route, "Nothing answers GET /hello yet"),
-        (no_default, "FastAPI rejected the request"),
-        (hard_coded, "Use the `name` parameter"),
-        (no_exclamation, "defaults to \"world\""),
-        (raises, "NotImplementedError: this exercise is not written yet (in hello(), line"),
-        (wrong_method, "@app.get"),
-        (returns_none, "forget to `return`"),
-        (returns_text, "Return a dict with a \"message\" key"),
-        (forgot_await, "forget an `await`"),
+        (hello_app(), "Nothing answers GET /hello yet"),
+        (hello_app(no_default), "FastAPI rejected the request"),
+        (hello_app(hard_coded), "Use the `name` parameter"),
+        (hello_app(no_exclamation), "defaults to \"world\""),
+        (hello_app(raises), "NotImplementedError: this exercise is not written yet (in raises(), line"),
+        (hello_app(right_async, method="POST"), "@app.get"),
+        (hello_app(returns_none), "forget to `return`"),
+        (hello_app(returns_text), "Return a dict with a \"message\" key"),
+        (hello_app(forgot_await), "forget an `await`"),
     ],
+    ids=["missing route", "no default", "hard-coded", "no !", "raises", "POST", "None", "text", "no await"],
 )
-async def test_wrong_answers_fail_with_the_right_hint(make_app, expected_in_failure):
-    report = await check_hello.report(make_app())
+async def test_wrong_answers_fail_with_the_right_hint(app, expected_in_failure):
+    report = await check_hello.report(app)
     gc.collect()  # an un-awaited coroutine warns when collected: inside this test's warning filter
     assert_feedback_rules(report)
     assert expected_in_failure in failure_text(report)
@@ -152,12 +91,12 @@ async def test_wrong_answers_fail_with_the_right_hint(make_app, expected_in_fail
 
 async def test_calling_the_check_raises_check_failed_with_the_report():
     with pytest.raises(CheckFailed) as caught:
-        await check_hello(missing_route())
+        await check_hello(hello_app())
     assert "GET /hello answers 200" in str(caught.value)
 
 
 async def test_a_passing_check_raises_nothing(capsys):
-    await check_hello(right_async())
+    await check_hello(hello_app(right_async))
     assert "✓ Lesson 00" in capsys.readouterr().out
 
 
@@ -190,7 +129,7 @@ async def test_warnings_prints_and_logs_from_learner_code_do_not_change_the_verd
 
 
 async def test_running_the_check_twice_gives_the_same_verdict():
-    app = right_async()
+    app = hello_app(right_async)
     first, second = await check_hello.report(app), await check_hello.report(app)
     assert first.passed and second.passed
 
@@ -204,8 +143,8 @@ async def test_the_checks_own_code_raises_no_warning():
     package = str(Path(checks.__file__).parent)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for make_app in (right_async, missing_route, raises, noisy):
-            await check_hello.report(make_app())
+        for app in (hello_app(right_async), hello_app(), hello_app(raises), noisy()):
+            await check_hello.report(app)
     assert [w for w in caught if w.filename.startswith(package)] == []
     assert any("old spelling" in str(w.message) for w in caught), "the learner's own warning is still shown"
 
@@ -218,7 +157,7 @@ async def test_an_app_whose_lifespan_fails_is_explained():
         raise RuntimeError("database URL missing")
         yield
 
-    app = right_async()
+    app = hello_app(right_async)
     app.router.lifespan_context = lifespan
     report = await check_hello.report(app)
     assert [item.name for item in report.failures] == ["the app starts"]
