@@ -10,16 +10,31 @@ import asyncio
 import hashlib
 import time
 
-from .timing import InFlight
+from .timing import InFlight, Span
+
+
+class UpstreamError(Exception):
+    """What a failing remote service raises."""
 
 
 class SlowService:
-    """A remote service with `latency_s` of network wait, async or blocking."""
+    """A remote service with `latency_s` of network wait, async or blocking.
 
-    def __init__(self, name: str, latency_s: float = 0.1):
+    `fails=True` makes every call raise `UpstreamError` after its wait. Calls cancelled while
+    waiting are counted in `cancelled`; a `timeline` (if set) records when each call ran.
+    """
+
+    def __init__(self, name: str, latency_s: float = 0.1, fails: bool = False):
         self.name = name
         self.latency_s = latency_s
+        self.fails = fails
         self.in_flight = InFlight()
+        self.cancelled = 0
+        self.timeline = None
+
+    def reset(self) -> None:
+        self.in_flight.reset()
+        self.cancelled = 0
 
     def answer(self, key: str) -> dict:
         """What the service returns for `key` (checks compare responses with it)."""
@@ -27,9 +42,20 @@ class SlowService:
 
     async def get(self, key: str) -> dict:
         """The async client: waits without holding the event loop."""
-        with self.in_flight.call():
-            await asyncio.sleep(self.latency_s)
-            return self.answer(key)
+        start = time.perf_counter()
+        try:
+            with self.in_flight.call():
+                await asyncio.sleep(self.latency_s)
+                if self.fails:
+                    raise UpstreamError(f"{self.name} is down")
+                return self.answer(key)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            if self.timeline is not None:
+                t0 = self.timeline.t0
+                self.timeline.spans.append(Span(f"{self.name}({key})", start - t0, time.perf_counter() - t0, "200"))
 
     def get_blocking(self, key: str) -> dict:
         """The blocking client (think `requests.get`): holds the thread while it waits."""

@@ -1,0 +1,227 @@
+"""Lesson 04, gather: several slow upstreams at once, partial failure, deadlines, bounded
+fan-out and first-completed — judged by the upstreams' exact counters and by ratios to their
+own latency, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+from .harness import serve
+from .observe import json_body, show_response, status_hint
+from .runner import check
+from .services import SlowService, UpstreamError
+from .timing import Timeline
+
+profile_api = SlowService("profile", latency_s=0.1)
+orders_api = SlowService("orders", latency_s=0.1)
+recommendations_api = SlowService("recommendations", latency_s=0.1)
+flaky_recommendations = SlowService("recommendations", latency_s=0.1, fails=True)
+ads_api = SlowService("ads", latency_s=0.05)
+prices_api = SlowService("prices", latency_s=0.05)
+mirrors = [SlowService(f"mirror-{name}", latency_s=0.1) for name in ("eu", "us", "ap")]
+
+__all__ = ["UpstreamError", "Timeline", "profile_api", "orders_api", "recommendations_api",
+           "flaky_recommendations", "ads_api", "prices_api", "mirrors"]
+
+USERS = ["ada", "grace", "linus", "guido", "barbara"]
+SEQUENTIAL_RATIO = 2.0  # request time ÷ one upstream call: ~1.0 with gather, ~3.0 one after another
+ADS_DEADLINE_S = 0.3
+MAX_PRICES_IN_FLIGHT = 4
+
+
+async def _timed_get(client, url):
+    start = time.perf_counter()
+    response = await client.get(url)
+    return response, time.perf_counter() - start
+
+
+def _fail_status(report, response, client, path):
+    report.fail(f"GET {path} answers 200", observed=show_response(response, client), expected="200",
+                hint=status_hint(response, "GET", path, client))
+
+
+# ---- exercise 1: gather ----------------------------------------------------------------------
+
+@check("Lesson 04 · /dashboard calls its three upstreams at once", limit_s=10)
+async def check_dashboard(report, app):
+    user = random.choice(USERS)
+    path = f"/dashboard/{user}"
+    services = (profile_api, orders_api, recommendations_api)
+    timeline = _recording(services, f"upstream calls of GET {path}")
+    try:
+        async with serve(app, raise_app_exceptions=False) as client:
+            response, took = await _timed_get(client, path)
+    finally:
+        _stop_recording(services)
+    if response.status_code != 200:
+        return _fail_status(report, response, client, path)
+    expected = {"profile": profile_api.answer(user), "orders": orders_api.answer(user),
+                "recommendations": recommendations_api.answer(user)}
+    if not report.add("answers with the three results", json_body(response) == expected,
+                      observed=show_response(response), expected=str(expected)[:160],
+                      hint="Return the three upstream answers under the keys profile, orders, recommendations."):
+        return
+    _judge_overlap(report, timeline, services, took, "Independent awaits can run at once: `asyncio.gather` "
+                                                     "takes awaitables and returns their results in order.")
+
+
+def _judge_overlap(report, timeline: Timeline, services, took: float, hint: str) -> None:
+    """The calls' own spans say how many ran at once; their own durations are the yardstick."""
+    slowest = max((span.duration for span in timeline.spans), default=0.0)
+    overlap = timeline.peak_overlap()
+    ratio = took / slowest if slowest else float("inf")
+    report.add(
+        "the upstream calls overlap", overlap == len(services) and ratio < SEQUENTIAL_RATIO,
+        observed=f"at most {overlap} of {len(services)} calls in flight at once; the request took "
+                 f"{took * 1000:.0f} ms = {ratio:.1f}× the slowest call",
+        expected=f"{len(services)} at once, under {SEQUENTIAL_RATIO}× the slowest call",
+        hint=hint,
+    )
+    report.figure("Your upstream calls: overlapping bars ran at once", timeline._repr_png_)
+    report.metrics["in_requests_s"] = took
+
+
+def _recording(services, title: str) -> Timeline:
+    """Reset the services and have them record their calls on one new timeline."""
+    timeline = Timeline(title=title)
+    for service in services:
+        service.reset()
+        service.timeline = timeline
+    return timeline
+
+
+def _stop_recording(services) -> None:
+    for service in services:
+        service.timeline = None
+
+
+# ---- exercise 2: partial failure ---------------------------------------------------------------
+
+@check("Lesson 04 · /dashboard survives a failing upstream", limit_s=10)
+async def check_partial_failure(report, app):
+    user = random.choice(USERS)
+    path = f"/dashboard/{user}"
+    services = (profile_api, orders_api, flaky_recommendations)
+    timeline = _recording(services, f"upstream calls of GET {path}")
+    try:
+        async with serve(app, raise_app_exceptions=False) as client:
+            response, took = await _timed_get(client, path)
+    finally:
+        _stop_recording(services)
+    if response.status_code != 200:
+        report.fail(f"GET {path} answers 200 although recommendations fail", observed=show_response(response, client),
+                    expected="200 with the other results",
+                    hint="One failing upstream should not fail the page: `gather(..., return_exceptions=True)` "
+                         "hands you the exception as a result, to turn into an error marker.")
+        return
+    body = json_body(response) or {}
+    marker = body.get("recommendations")
+    report.add(
+        "the other results are there, the failed one is marked", body.get("profile") == profile_api.answer(user)
+        and body.get("orders") == orders_api.answer(user) and isinstance(marker, dict) and "error" in marker,
+        observed=show_response(response), expected='profile and orders, and "recommendations": {"error": ...}',
+        hint="Check each result: an exception becomes {\"error\": str(exc)}, anything else stays as it is.",
+    )
+    _judge_overlap(report, timeline, services, took, "Keep the calls concurrent while handling the failure.")
+
+
+# ---- exercise 3: a deadline -----------------------------------------------------------------------
+
+@check("Lesson 04 · /ads gives up after 0.3 s and leaves nothing running", limit_s=10)
+async def check_deadline(report, app):
+    user = random.choice(USERS)
+    path = f"/ads/{user}"
+    async with serve(app, raise_app_exceptions=False) as client:
+        ads_api.reset()
+        ads_api.latency_s = 0.05
+        fast, fast_took = await _timed_get(client, path)
+        if fast.status_code != 200:
+            return _fail_status(report, fast, client, path)
+        report.add("a fast ads service: its ads are returned", json_body(fast) == {"ads": ads_api.answer(user)},
+                   observed=show_response(fast), expected=str({"ads": ads_api.answer(user)}),
+                   hint="Within the deadline, return what the ads service answered, under \"ads\".")
+        ads_api.reset()
+        ads_api.latency_s = 2.0
+        slow, slow_took = await _timed_get(client, path)
+        still_running = ads_api.in_flight.current
+        ads_api.latency_s = 0.05
+    report.add(
+        "a slow ads service: the answer comes on time, without ads",
+        slow.status_code == 200 and (json_body(slow) or {}).get("ads", "missing") is None
+        and slow_took < 2 * ADS_DEADLINE_S,
+        observed=f"{show_response(slow)} after {slow_took * 1000:.0f} ms",
+        expected=f'{{"ads": null}} within {2 * ADS_DEADLINE_S * 1000:.0f} ms (deadline {ADS_DEADLINE_S * 1000:.0f} ms)',
+        hint="`async with asyncio.timeout(0.3):` around the call raises TimeoutError when time is up: catch it.",
+    )
+    report.add(
+        "nothing is left running after the answer", still_running == 0 and ads_api.cancelled == 1,
+        observed=f"ads calls still running when the response arrived: {still_running}; cancelled: {ads_api.cancelled}",
+        expected="0 running, 1 cancelled",
+        hint="`asyncio.wait(..., timeout=...)` returns but leaves the task running; `asyncio.timeout` cancels it.",
+    )
+
+
+# ---- exercise 4: bounded fan-out ---------------------------------------------------------------------
+
+@check("Lesson 04 · /prices fetches many items, at most 4 at a time", limit_s=10)
+async def check_fan_out(report, app):
+    skus = [f"sku-{random.randint(100, 999)}-{i}" for i in range(20)]
+    path = "/prices?skus=" + ",".join(skus)
+    prices_api.reset()
+    async with serve(app, raise_app_exceptions=False) as client:
+        response, took = await _timed_get(client, path)
+    if response.status_code != 200:
+        return _fail_status(report, response, client, "/prices")
+    expected = {"prices": [prices_api.answer(sku) for sku in skus]}
+    report.add("all 20 prices, in the order asked", json_body(response) == expected,
+               observed=show_response(response), expected='{"prices": [<one per sku, in order>]}',
+               hint="gather returns results in the order of its arguments, whatever order they finish in.")
+    peak = prices_api.in_flight.peak
+    report.add(
+        f"between 3 and {MAX_PRICES_IN_FLIGHT} calls in flight at a time", 3 <= peak <= MAX_PRICES_IN_FLIGHT,
+        observed=f"at most {peak} calls to prices_api at once; {len(skus)} calls took {took * 1000:.0f} ms",
+        expected=f"at most {MAX_PRICES_IN_FLIGHT} (the upstream's limit), and more than one at a time",
+        hint=("An `asyncio.Semaphore(4)` held with `async with` around each call lets four through at a time."
+              if peak > MAX_PRICES_IN_FLIGHT else "Run the calls concurrently, each waiting for the semaphore."),
+    )
+
+
+# ---- exercise 5: first completed ------------------------------------------------------------------------
+
+@check("Lesson 04 · /download takes the fastest mirror and cancels the others", limit_s=10)
+async def check_first_completed(report, app):
+    name = f"file-{random.randint(100, 999)}.zip"
+    path = f"/download/{name}"
+    latencies = [0.05, 0.3, 0.4]
+    random.shuffle(latencies)
+    for mirror, latency in zip(mirrors, latencies):
+        mirror.reset()
+        mirror.latency_s = latency
+    fastest = min(mirrors, key=lambda m: m.latency_s)
+    async with serve(app, raise_app_exceptions=False) as client:
+        response, took = await _timed_get(client, path)
+        # cancel() is delivered at the task's next step: give the loop a moment, far below the
+        # 0.25 s the other mirrors would still need if they were left running.
+        await asyncio.sleep(0.02)
+        still_running = sum(m.in_flight.current for m in mirrors)
+        cancelled = sum(m.cancelled for m in mirrors)
+    if response.status_code != 200:
+        return _fail_status(report, response, client, "/download/{file}")
+    report.add("answers with the fastest mirror's result", json_body(response) == fastest.answer(name),
+               observed=show_response(response), expected=str(fastest.answer(name)),
+               hint="Return the first result that arrives, not the first mirror in the list.")
+    report.add(
+        "answers as soon as the first mirror does", took < 2 * fastest.latency_s + 0.05,
+        observed=f"{took * 1000:.0f} ms; the fastest mirror took {fastest.latency_s * 1000:.0f} ms",
+        expected=f"under {(2 * fastest.latency_s + 0.05) * 1000:.0f} ms",
+        hint="`asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)` returns when one is done.",
+    )
+    report.add(
+        "the other mirrors are cancelled", still_running == 0 and cancelled == len(mirrors) - 1,
+        observed=f"mirror calls still running at the answer: {still_running}; cancelled: {cancelled}",
+        expected=f"0 running, {len(mirrors) - 1} cancelled",
+        hint="Tasks you no longer need keep running until you `.cancel()` them.",
+    )
