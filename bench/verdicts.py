@@ -24,16 +24,59 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from fastapi import FastAPI  # noqa: E402
 
-import test_lesson01 as answers  # noqa: E402  (the right and wrong answers the tests use)
+import test_lesson01 as l01  # noqa: E402  (the right and wrong answers the tests use)
+import test_lesson04 as l04  # noqa: E402
 from checks.lesson01 import check_forecast, check_report, check_signup  # noqa: E402
+from checks.lesson04 import check_dashboard, check_deadline, check_first_completed, check_partial_failure  # noqa: E402
 
+
+def number_after(report, item_name: str, marker: str) -> float:
+    """The number that follows `marker` in an item's observed text ("= 1.0×" → 1.0)."""
+    observed = next(item.observed for item in report.items if item.name == item_name)
+    return float(observed.split(marker, 1)[1].split()[0].rstrip("×ms;"))
+
+
+def stall_fraction(report) -> float:
+    """Lesson 01: longest loop stall ÷ the time the concurrent calls took (wrong ≈ 1)."""
+    items = {item.name: item for item in report.items}
+    stall_ms = float(items["keeps the event loop free"].observed.split()[3])
+    held_ms = float(items["keeps the event loop free"].expected.split()[6])  # "under X ms: half of the Y ms ..."
+    return stall_ms / held_ms
+
+
+def request_ratio(report) -> float:
+    """Lesson 04: the request's time ÷ its slowest upstream call (gather ≈ 1, one by one ≈ 3)."""
+    return number_after(report, "the upstream calls overlap", "ms = ")
+
+
+def download_ratio(report) -> float:
+    """Lesson 04: the answer's time ÷ the fastest mirror's latency."""
+    observed = next(item.observed for item in report.items if item.name == "answers as soon as the first mirror does")
+    took, fastest = (float(part.split()[-2]) for part in observed.split(";"))
+    return took / fastest
+
+
+def deadline_ms(report) -> float:
+    """Lesson 04: how long the answer took when the ads service was slow."""
+    observed = next(item.observed for item in report.items if item.name.startswith("a slow ads service"))
+    return float(observed.rsplit("after ", 1)[1].split()[0])
+
+
+# (check, method, path, right answers, wrong answers, the signal it measures)
 CASES = [
-    (check_forecast, "GET", "/forecast/{city}", [answers.forecast_awaits, answers.forecast_def_route,
-                                                answers.forecast_to_thread], [answers.forecast_blocking]),
-    (check_report, "GET", "/report/{month}", [answers.report_def_route, answers.report_to_thread,
-                                             answers.report_threadpool], [answers.report_blocking]),
-    (check_signup, "POST", "/signup", [answers.signup_to_thread, answers.signup_threadpool,
-                                       answers.signup_executor], [answers.signup_blocking]),
+    (check_forecast, "GET", "/forecast/{city}", [l01.forecast_awaits, l01.forecast_def_route, l01.forecast_to_thread],
+     [l01.forecast_blocking], stall_fraction),
+    (check_report, "GET", "/report/{month}", [l01.report_def_route, l01.report_to_thread, l01.report_threadpool],
+     [l01.report_blocking], stall_fraction),
+    (check_signup, "POST", "/signup", [l01.signup_to_thread, l01.signup_threadpool, l01.signup_executor],
+     [l01.signup_blocking], stall_fraction),
+    (check_dashboard, "GET", "/dashboard/{user}", [l04.dashboard_gather, l04.dashboard_task_group],
+     [l04.dashboard_sequential], request_ratio),
+    (check_partial_failure, "GET", "/dashboard/{user}", [l04.resilient_gather, l04.resilient_task_group],
+     [l04.handled_but_sequential], request_ratio),
+    (check_deadline, "GET", "/ads/{user}", [l04.ads_timeout, l04.ads_wait_for], [l04.ads_no_deadline], deadline_ms),
+    (check_first_completed, "GET", "/download/{name}", [l04.download_wait, l04.download_as_completed],
+     [l04.download_gather_then_pick], download_ratio),
 ]
 
 
@@ -48,26 +91,14 @@ class Tally:
     false_fail: int = 0
     false_pass: int = 0
     runs: int = 0
-    # the loop stall as a fraction of the time the calls would hold it if run on it; calls at once
-    right_stall: list[float] = field(default_factory=list)
-    wrong_stall: list[float] = field(default_factory=list)
-    right_peak: list[int] = field(default_factory=list)
-    wrong_peak: list[int] = field(default_factory=list)
-
-
-def signals(report) -> tuple[float, int]:
-    """Read the stall fraction and the peak back from the report's observed texts."""
-    items = {item.name: item for item in report.items}
-    stall_ms = float(items["keeps the event loop free"].observed.split()[3])
-    held_ms = float(items["keeps the event loop free"].expected.split()[6])  # "under X ms: half of the Y ms ..."
-    peak = int(items["serves requests concurrently"].observed.split()[2])
-    return stall_ms / held_ms, peak
+    right: list[float] = field(default_factory=list)  # the measured signal, for right answers
+    wrong: list[float] = field(default_factory=list)
 
 
 async def sweep(runs: int, tallies: dict) -> None:
-    for check, method, path, rights, wrongs in CASES:
+    for check, method, path, rights, wrongs, measure in CASES:
         tally = tallies.setdefault(check.title, Tally())
-        for i in range(runs):
+        for _ in range(runs):
             for endpoint in rights + wrongs:
                 app = FastAPI()
                 app.add_api_route(path, endpoint, methods=[method])
@@ -75,28 +106,24 @@ async def sweep(runs: int, tallies: dict) -> None:
                 right = endpoint in rights
                 tally.runs += 1
                 if report.passed != right:
-                    if right:
-                        tally.false_fail += 1
-                        print(f"  false fail: {endpoint.__name__}\n{report.text()}")
-                    else:
-                        tally.false_pass += 1
-                        print(f"  false pass: {endpoint.__name__}\n{report.text()}")
+                    setattr(tally, "false_fail" if right else "false_pass", getattr(tally, "false_fail" if right else "false_pass") + 1)
+                    print(f"  false {'fail' if right else 'pass'}: {endpoint.__name__}\n{report.text()}")
                 try:
-                    stall, peak = signals(report)
-                except (KeyError, ValueError, IndexError):
-                    continue
-                (tally.right_stall if right else tally.wrong_stall).append(stall)
-                (tally.right_peak if right else tally.wrong_peak).append(peak)
+                    (tally.right if right else tally.wrong).append(measure(report))
+                except (StopIteration, ValueError, IndexError, KeyError):
+                    pass  # the item was not reached (e.g. the request itself failed)
+        await asyncio.sleep(2.5)  # let calls that wrong answers leaked finish before the next check
 
 
 def summary(label: str, tallies: dict) -> None:
     print(f"\n== {label}")
-    print(f"{'check':<64} {'runs':>5} {'false pass':>10} {'false fail':>10}  stall ÷ time held: worst right · best wrong (margin)   peak: min right · max wrong")
+    print(f"{'check':<72} {'runs':>5} {'false pass':>10} {'false fail':>10}   signal: worst right · best wrong")
     for title, t in tallies.items():
-        worst_right, best_wrong = max(t.right_stall), min(t.wrong_stall)
-        print(f"{title:<64} {t.runs:5d} {t.false_pass:10d} {t.false_fail:10d}  "
-              f"{worst_right:.2f} · {best_wrong:.2f} ({best_wrong / worst_right:.1f}x)"
-              f"{'':>24}{min(t.right_peak)} · {max(t.wrong_peak)}")
+        worst_right, best_wrong = max(t.right, default=float("nan")), min(t.wrong, default=float("nan"))
+        print(f"{title:<72} {t.runs:5d} {t.false_pass:10d} {t.false_fail:10d}   {worst_right:8.2f} · {best_wrong:8.2f}"
+              f"  ({best_wrong / worst_right:.1f}x)")
+    print("signals: lesson 01 loop stall ÷ the calls' own time (limit 0.5); /dashboard request ÷ slowest call "
+          "(limit 2.0); /ads ms when slow (limit 600); /download answer ÷ fastest mirror (limit 2 + 50 ms)")
 
 
 def main() -> int:
