@@ -80,6 +80,11 @@ def describe_exception(exc: BaseException) -> str:
 
 def _recording(app, errors: list[AppError]):
     async def recorder(scope, receive, send):
+        if scope["type"] in ("http", "websocket"):
+            # A shallow copy of the lifespan state per request, as uvicorn makes: asgi-lifespan
+            # hands every request the same dict, so `request.state.x = ...` in one request
+            # would show up in every concurrent one.
+            scope["state"] = dict(scope.get("state") or {})
         try:
             await app(scope, receive, send)
         except BaseException as exc:
@@ -119,7 +124,10 @@ async def serve(
     except TimeoutError as exc:
         raise AppStartupError(f"its lifespan did not finish starting within {lifespan_timeout:g} s") from exc
     except Exception as exc:
-        raise AppStartupError(f"its lifespan raised {describe_exception(exc)} while starting") from exc
+        # asgi-lifespan reports an app that raised on the lifespan scope as LifespanNotSupported;
+        # the learner's own exception, chained to it, says more.
+        cause = (exc.__cause__ or exc.__context__) if type(exc).__name__ == "LifespanNotSupported" else None
+        raise AppStartupError(f"its lifespan raised {describe_exception(cause or exc)} while starting") from exc
 
     body_error: Exception | None = None
     try:

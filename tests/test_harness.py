@@ -130,3 +130,20 @@ async def test_a_lifespan_that_hangs_is_reported_as_a_startup_failure():
     with pytest.raises(AppStartupError, match="did not finish starting within 0.2 s"):
         async with serve(FastAPI(lifespan=lifespan), lifespan_timeout=0.2):
             pass
+
+
+async def test_each_request_gets_its_own_state_like_under_uvicorn():
+    import asyncio
+
+    events = []
+    app = app_with_lifespan(events)
+
+    @app.get("/mine/{value}")
+    async def mine(value: str, request: Request):
+        request.state.mine = value
+        await asyncio.sleep(0.01)  # let the other requests set theirs
+        return {"mine": request.state.mine, "greeting": request.state.greeting}
+
+    async with serve(app) as client:
+        responses = await asyncio.gather(*(client.get(f"/mine/{i}") for i in range(5)))
+    assert [r.json() for r in responses] == [{"mine": str(i), "greeting": "hi"} for i in range(5)]
