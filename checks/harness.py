@@ -12,6 +12,7 @@ turned it into a 500, so a check can tell the learner what raised where.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import sysconfig
@@ -124,6 +125,9 @@ async def serve(
     except TimeoutError as exc:
         raise AppStartupError(f"its lifespan did not finish starting within {lifespan_timeout:g} s") from exc
     except Exception as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError() from exc  # a deadline cancelled us: not the app's failure
         # asgi-lifespan reports an app that raised on the lifespan scope as LifespanNotSupported;
         # the learner's own exception, chained to it, says more.
         cause = (exc.__cause__ or exc.__context__) if type(exc).__name__ == "LifespanNotSupported" else None

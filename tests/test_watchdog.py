@@ -83,3 +83,14 @@ async def test_fast_code_passes_and_the_alarm_is_disarmed():
         await asyncio.sleep(0.01)
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
     await asyncio.sleep(0.5)  # an alarm left armed would fire here
+
+
+async def test_code_that_turns_the_cancellation_into_its_own_error_still_times_out():
+    async def converts():
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise RuntimeError("startup failed") from None
+
+    elapsed, error = await elapsed_until_timeout(converts)
+    assert not error.blocked and elapsed < 1.0
