@@ -3,8 +3,8 @@
 For each solution notebook, one kernel runs the whole notebook, then its check cells again in
 reverse order (same verdicts), then, for every exercise:
 - the exercise with a hostile body (a busy loop, an hour's `time.sleep`, an await that never
-  ends) in place of its solution: in each region inside an `async def`, in each route a
-  top-level region defines, and as a validator added to each model a region defines;
+  ends) in place of its solution: in each region inside an `async def`, in each route or
+  exception handler a region defines, and as a validator added to each model a region defines;
 - its check, with every app it is given started by a lifespan that hangs or raises;
 each followed by the exercise's check cell with a 1 s limit. Each check must fail with
 `CheckFailed` saying what happened; the right answer, run again afterwards, passes again; and a
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
 LIMIT_S = 1.0
 HARD_GRACE_S = 0.3  # the default (1 s) only adds waiting here
-ROUTE_METHODS = {"get", "post", "put", "patch", "delete", "api_route"}
+ROUTE_METHODS = {"get", "post", "put", "patch", "delete", "api_route", "exception_handler"}
 
 HOSTILE_BODIES = {
     "busy loop": ("while True:\n    pass", "stopped after 1 s: the event loop was blocked"),
@@ -103,8 +103,10 @@ def with_hostile_body(source: str, body: str) -> str | None:
             hostile = textwrap.indent(body, indent) + "\n"
         elif header.startswith("class ") and (validator := _hostile_validator(body)):
             hostile = region + textwrap.indent(validator, indent)
-        elif not indent:
-            hostile = _hostile_routes(region, body)
+        elif not indent or header.startswith("def "):
+            # Routes or handlers the region defines (inside a plain function that installs them).
+            routes = _hostile_routes(textwrap.dedent(region), body)
+            hostile = textwrap.indent(routes, indent) if routes is not None else None
         out.append(hostile if hostile is not None else region)
         changed = changed or hostile is not None
         i = end + 1
