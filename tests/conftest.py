@@ -30,7 +30,6 @@ def assert_feedback_rules(report):
 def notebook_namespace(name: str) -> dict:
     """Run a solution notebook's cells that define things (not demos that await, not checks)
     and return their names: tests build their right and wrong apps from the lesson's own code."""
-    import ast
     import json
     from pathlib import Path
 
@@ -40,15 +39,21 @@ def notebook_namespace(name: str) -> dict:
         source = "".join(cell["source"])
         if cell["cell_type"] != "code" or "check" in cell.get("metadata", {}).get("tags", []):
             continue
-        tree = ast.parse(source)
-        top_level_await = any(
-            isinstance(node, (ast.Await, ast.AsyncWith, ast.AsyncFor))
-            for statement in tree.body if not isinstance(statement, (ast.AsyncFunctionDef, ast.FunctionDef, ast.ClassDef))
-            for node in ast.walk(statement)
-        )
-        if not top_level_await:
-            exec(compile(tree, f"<{name}>", "exec"), namespace)
+        if not awaits_at_top_level(source):
+            exec(compile(source, f"<{name}>", "exec"), namespace)
     return namespace
+
+
+def awaits_at_top_level(source: str) -> bool:
+    """True for a cell that awaits outside any function: a demo or a check, not a definition."""
+    import ast
+
+    return any(
+        isinstance(node, (ast.Await, ast.AsyncWith, ast.AsyncFor))
+        for statement in ast.parse(source).body
+        if not isinstance(statement, (ast.AsyncFunctionDef, ast.FunctionDef, ast.ClassDef))
+        for node in ast.walk(statement)
+    )
 
 
 async def warnings_from_checks(*reports) -> list:

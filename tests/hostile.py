@@ -1,6 +1,7 @@
-"""Hostile learner code, in real kernels: every check cell ends, explains, and the kernel lives on.
+"""Hostile learner code, in real kernels (run by test_hostile_*.py, half the lessons each, so
+the two xdist workers share the work): every check cell ends, explains, and the kernel lives on.
 
-For each solution notebook, one kernel runs the whole notebook, then its check cells again in
+For each solution notebook, one kernel runs the notebook (its demos left out), then its check cells again in
 reverse order (same verdicts), then, for every exercise:
 - the exercise with a hostile body (a busy loop, an hour's `time.sleep`, an await that never
   ends) in place of its solution: in each region inside an `async def`, in each route or
@@ -18,10 +19,10 @@ import textwrap
 from pathlib import Path
 
 import nbformat
-import pytest
 from nbclient import NotebookClient
 
 from checks.build import BEGIN, END, _enclosing
+from conftest import awaits_at_top_level
 
 ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
@@ -159,7 +160,7 @@ def hostile_cells(notebook) -> list[tuple[str, str, str]]:
     return cells
 
 
-def test_every_exercise_gets_a_hostile_body_somewhere():
+def check_every_exercise_gets_a_hostile_body_somewhere():
     """Guards the test itself: a lesson whose regions no hostile body can reach is noticed."""
     for path in SOLUTIONS:
         notebook = nbformat.read(path, as_version=4)
@@ -167,10 +168,23 @@ def test_every_exercise_gets_a_hostile_body_somewhere():
         assert any(reached), f"{path.name}: no exercise can be made hostile"
 
 
-@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
-def test_hostile_code_is_stopped_explained_and_the_kernel_lives_on(path):
+def run_hostile_code(path: Path) -> None:
     notebook = nbformat.read(path, as_version=4)
     appended = hostile_cells(notebook)
+    # The lesson's definitions and its checks; demos (cells that await at top level) are skipped,
+    # all but their imports.
+    kept = []
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        if "check" in cell.metadata.get("tags", []) or not awaits_at_top_level(cell.source):
+            kept.append(cell)
+        else:
+            imports = [ast.unparse(node) for node in ast.parse(cell.source).body
+                       if isinstance(node, (ast.Import, ast.ImportFrom))]
+            if imports:
+                kept.append(nbformat.v4.new_code_cell("\n".join(imports)))
+    notebook.cells = kept
     first = len(notebook.cells)
     notebook.cells += [nbformat.v4.new_code_cell(source) for _, source, _ in appended]
     NotebookClient(notebook, timeout=30, kernel_name="python3", allow_errors=True,
