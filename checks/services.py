@@ -36,6 +36,9 @@ class SlowService:
         self.in_flight.reset()
         self.cancelled = 0
 
+    def should_fail(self, key: str) -> bool:
+        return self.fails
+
     def answer(self, key: str) -> dict:
         """What the service returns for `key` (checks compare responses with it)."""
         return {"service": self.name, "key": key, "value": sum(map(ord, key)) % 97}
@@ -46,7 +49,7 @@ class SlowService:
         try:
             with self.in_flight.call():
                 await asyncio.sleep(self.latency_s)
-                if self.fails:
+                if self.should_fail(key):
                     raise UpstreamError(f"{self.name} is down")
                 return self.answer(key)
         except asyncio.CancelledError:
