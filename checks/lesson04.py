@@ -6,10 +6,18 @@ own latency, measured in the same run.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import shutil
+import tempfile
 import time
 
-from .harness import serve
+from sqlalchemy import String, select
+from sqlalchemy.exc import InvalidRequestError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from .harness import describe_exception, serve
 from .observe import json_body, show_response, status_hint
 from .runner import check
 from .services import SlowService, UpstreamError
@@ -30,7 +38,7 @@ class PriceService(SlowService):
 prices_api = PriceService("prices", latency_s=0.05)
 mirrors = [SlowService(f"mirror-{name}", latency_s=0.1) for name in ("eu", "us", "ap")]
 
-__all__ = ["UpstreamError", "Timeline", "profile_api", "orders_api", "recommendations_api",
+__all__ = ["UpstreamError", "Timeline", "Visit", "Base", "profile_api", "orders_api", "recommendations_api",
            "flaky_recommendations", "ads_api", "prices_api", "mirrors"]
 
 USERS = ["ada", "grace", "linus", "guido", "barbara"]
@@ -245,3 +253,75 @@ async def check_first_completed(report, app):
         expected=f"0 running, {len(mirrors) - 1} cancelled",
         hint="Tasks you no longer need keep running until you `.cancel()` them.",
     )
+
+
+# ---- exercise 6: one session per task ------------------------------------------------------------
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Visit(Base):
+    __tablename__ = "visits"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    page: Mapped[str] = mapped_column(String(50))
+
+
+class _Sessions:
+    """Counts sessions opened, closed, and open at the same time."""
+
+    def __init__(self) -> None:
+        self.opened = self.closed = self.open_now = self.peak = 0
+
+
+def _counting_session_class(counts: _Sessions):
+    class Counted(AsyncSession):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._closed = False
+            counts.opened += 1
+            counts.open_now += 1
+            counts.peak = max(counts.peak, counts.open_now)
+
+        async def close(self):
+            if not self._closed:
+                self._closed = True
+                counts.closed += 1
+                counts.open_now -= 1
+            await super().close()
+
+    return Counted
+
+
+@check("Lesson 04 · record_visits: concurrent writes, one session per task", limit_s=15)
+async def check_one_session_per_task(report, record_visits):
+    pages = [f"/page/{random.randint(100, 999)}-{i}" for i in range(6)]
+    counts = _Sessions()
+    folder = tempfile.mkdtemp(prefix="course-lesson04-")
+    engine = create_async_engine(f"sqlite+aiosqlite:///{os.path.join(folder, 'visits.db')}")
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(Base.metadata.create_all)
+        sessions = async_sessionmaker(engine, class_=_counting_session_class(counts), expire_on_commit=False)
+        try:
+            await record_visits(sessions, pages)
+        except InvalidRequestError as exc:
+            report.fail("each task has its own session", observed=describe_exception(exc),
+                        hint="One AsyncSession runs one operation at a time: open a session inside each task "
+                             "(`async with sessions() as session:`).")
+            return
+        async with engine.connect() as connection:
+            stored = sorted(await connection.scalars(select(Visit.page)))
+    finally:
+        await engine.dispose()
+        shutil.rmtree(folder, ignore_errors=True)
+    report.add("every visit is stored", stored == sorted(pages), observed=f"{len(stored)} of {len(pages)} pages stored",
+               expected=f"all {len(pages)}", hint="Commit each task's session.")
+    report.add(
+        "one session per task, open at the same time", counts.opened == len(pages) and counts.peak >= 2,
+        observed=f"sessions opened: {counts.opened}, at most {counts.peak} open at once", expected=f"{len(pages)}, at least 2 at once",
+        hint="Each task opens its own session; `gather` the tasks so they run together.",
+    )
+    report.add("every session is closed", counts.closed == counts.opened, observed=f"closed {counts.closed} of {counts.opened}",
+               expected="all", hint="`async with sessions() as session:` closes it whatever happens.")

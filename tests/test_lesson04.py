@@ -298,3 +298,75 @@ async def test_the_checks_own_code_raises_no_warning():
         check_fan_out.report(app_with("/prices", prices_unbounded)),
         check_first_completed.report(app_with("/download/{name}", download_wait)),
     ) == []
+
+
+# ---- exercise 6 ------------------------------------------------------------------------------------------
+
+from checks.lesson04 import Visit, check_one_session_per_task  # noqa: E402
+
+
+async def visits_gather(sessions, pages):
+    async def record(page):
+        async with sessions() as session:
+            session.add(Visit(page=page))
+            await session.commit()
+    await asyncio.gather(*(record(p) for p in pages))
+
+
+async def visits_task_group(sessions, pages):
+    async def record(page):
+        async with sessions() as session, session.begin():
+            session.add(Visit(page=page))
+    async with asyncio.TaskGroup() as group:
+        for page in pages:
+            group.create_task(record(page))
+
+
+async def visits_shared(sessions, pages):
+    async with sessions() as session:
+        async def record(page):
+            session.add(Visit(page=page))
+            await session.flush()
+        await asyncio.gather(*(record(p) for p in pages))
+        await session.commit()
+
+
+async def visits_sequential(sessions, pages):
+    for page in pages:
+        async with sessions() as session:
+            session.add(Visit(page=page))
+            await session.commit()
+
+
+async def visits_never_closed(sessions, pages):
+    async def record(page):
+        session = sessions()
+        session.add(Visit(page=page))
+        await session.commit()
+    await asyncio.gather(*(record(p) for p in pages))
+
+
+async def visits_not_committed(sessions, pages):
+    async def record(page):
+        async with sessions() as session:
+            session.add(Visit(page=page))
+            await session.flush()
+    await asyncio.gather(*(record(p) for p in pages))
+
+
+@pytest.mark.parametrize("record_visits", [visits_gather, visits_task_group])
+async def test_one_session_per_task_right_answers_pass(record_visits):
+    report = await check_one_session_per_task.report(record_visits)
+    assert report.passed, report.text()
+
+
+@pytest.mark.parametrize("record_visits, failed", [
+    (visits_shared, ["each task has its own session"]),
+    (visits_sequential, ["one session per task, open at the same time"]),
+    (visits_never_closed, ["every session is closed"]),
+    (visits_not_committed, ["every visit is stored"]),
+], ids=["shared session", "one after another", "never closed", "not committed"])
+async def test_one_session_per_task_mistakes(record_visits, failed):
+    report = await check_one_session_per_task.report(record_visits)
+    assert names(report) == failed, report.text()
+    assert_feedback_rules(report)
