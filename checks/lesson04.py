@@ -65,12 +65,7 @@ async def check_dashboard(report, app):
     user = random.choice(USERS)
     path = f"/dashboard/{user}"
     services = (profile_api, orders_api, recommendations_api)
-    timeline = _recording(services, f"upstream calls of GET {path}")
-    try:
-        async with serve(app, raise_app_exceptions=False) as client:
-            response, took = await _timed_get(client, path)
-    finally:
-        _stop_recording(services)
+    client, response, took, timeline = await _recorded_get(app, path, services)
     if response.status_code != 200:
         return _fail_status(report, response, client, path)
     expected = {"profile": profile_api.answer(user), "orders": orders_api.answer(user),
@@ -99,18 +94,19 @@ def _judge_overlap(report, timeline: Timeline, services, took: float, hint: str)
     report.metrics["in_requests_s"] = took
 
 
-def _recording(services, title: str) -> Timeline:
-    """Reset the services and have them record their calls on one new timeline."""
-    timeline = Timeline(title=title)
+async def _recorded_get(app, path: str, services):
+    """GET `path` once, with the services recording their calls on one new timeline."""
+    timeline = Timeline(title=f"upstream calls of GET {path}")
     for service in services:
         service.reset()
         service.timeline = timeline
-    return timeline
-
-
-def _stop_recording(services) -> None:
-    for service in services:
-        service.timeline = None
+    try:
+        async with serve(app, raise_app_exceptions=False) as client:
+            response, took = await _timed_get(client, path)
+    finally:
+        for service in services:
+            service.timeline = None
+    return client, response, took, timeline
 
 
 # ---- exercise 2: partial failure ---------------------------------------------------------------
@@ -120,12 +116,7 @@ async def check_partial_failure(report, app):
     user = random.choice(USERS)
     path = f"/dashboard/{user}"
     services = (profile_api, orders_api, flaky_recommendations)
-    timeline = _recording(services, f"upstream calls of GET {path}")
-    try:
-        async with serve(app, raise_app_exceptions=False) as client:
-            response, took = await _timed_get(client, path)
-    finally:
-        _stop_recording(services)
+    client, response, took, timeline = await _recorded_get(app, path, services)
     if response.status_code != 200:
         report.fail(f"GET {path} answers 200 although recommendations fail", observed=show_response(response, client),
                     expected="200 with the other results",
