@@ -20,14 +20,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from .harness import describe_exception, serve
 from .observe import json_body, show_response, status_hint
 from .runner import check
-from .services import SlowService, UpstreamError
+from .services import SlowService, UpstreamError  # noqa: F401  (UpstreamError: the lesson imports it from here)
 from .timing import Timeline
 
-profile_api = SlowService("profile", latency_s=0.1)
-orders_api = SlowService("orders", latency_s=0.1)
-recommendations_api = SlowService("recommendations", latency_s=0.1)
-flaky_recommendations = SlowService("recommendations", latency_s=0.1, fails=True)
-ads_api = SlowService("ads", latency_s=0.05)
 class PriceService(SlowService):
     """Prices, except for discontinued items ("gone-..."), whose lookup fails."""
 
@@ -35,11 +30,14 @@ class PriceService(SlowService):
         return key.startswith("gone-")
 
 
+# The lesson's upstreams (the notebook imports them, and UpstreamError, from here).
+profile_api = SlowService("profile", latency_s=0.1)
+orders_api = SlowService("orders", latency_s=0.1)
+recommendations_api = SlowService("recommendations", latency_s=0.1)
+flaky_recommendations = SlowService("recommendations", latency_s=0.1, fails=True)
+ads_api = SlowService("ads", latency_s=0.05)
 prices_api = PriceService("prices", latency_s=0.05)
 mirrors = [SlowService(f"mirror-{name}", latency_s=0.1) for name in ("eu", "us", "ap")]
-
-__all__ = ["UpstreamError", "Timeline", "Visit", "Base", "profile_api", "orders_api", "recommendations_api",
-           "flaky_recommendations", "ads_api", "prices_api", "mirrors"]
 
 USERS = ["ada", "grace", "linus", "guido", "barbara"]
 SEQUENTIAL_RATIO = 2.0  # request time ÷ one upstream call: ~1.0 with gather, ~3.0 one after another

@@ -16,7 +16,7 @@ import warnings
 
 from .harness import AppStartupError, describe_exception, in_notebook
 from .report import CheckFailed, Report
-from .watchdog import CheckTimeout
+from .watchdog import CheckTimeout, time_limit
 
 BLOCKED_HINT = (
     "Code that never awaits (a busy `while` loop, `time.sleep`, heavy CPU work) inside `async def` "
@@ -36,8 +36,6 @@ class Check:
 
     async def report(self, *args, **kwargs) -> Report:
         """Run the check and return its report, without showing it or raising."""
-        from .watchdog import time_limit
-
         report = Report(self.title)
         started = time.perf_counter()
         try:

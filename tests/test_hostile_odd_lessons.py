@@ -2,7 +2,7 @@
 
 import pytest
 
-from hostile import SOLUTIONS, check_every_exercise_gets_a_hostile_body_somewhere, run_hostile_code
+from hostile import SOLUTIONS, run_hostile_code
 
 
 @pytest.mark.parametrize("path", SOLUTIONS[1::2], ids=lambda p: p.stem)
