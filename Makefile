@@ -26,7 +26,7 @@ chromium:
 	  else echo "chromium not found: the browser test will be skipped"; fi; }
 
 build: $(VENV)/.installed-dev        ## regenerate notebooks/ from solutions/
-	$(PY) -m checks.build
+	$(VENV)/bin/course build
 
 bench: $(VENV)/.installed-dev        ## seconds per notebook and per check cell
 	$(PY) bench/notebooks.py

@@ -4,6 +4,7 @@ Notebook cells import from here: `serve` starts an app in process, the `lessonNN
 modules hold each lesson's checks, and a failing check raises `CheckFailed`.
 """
 
+from .blocking import BlockingWatch
 from .harness import AppClient, describe_exception, serve
 from .report import CheckFailed, Report
 from .runner import check
@@ -11,6 +12,7 @@ from .timing import InFlight, LoopMonitor, Timeline, measure_concurrency
 
 __all__ = [
     "AppClient",
+    "BlockingWatch",
     "CheckFailed",
     "InFlight",
     "LoopMonitor",

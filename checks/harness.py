@@ -53,15 +53,27 @@ class AppClient(httpx.AsyncClient):
         return [error for error in self.app_errors if error.path == path]
 
 
+def _is_learner_file(filename: str) -> bool:
+    filename = os.path.abspath(filename)
+    return not (filename.startswith(_LIBRARY_DIRS) or filename.startswith(_PACKAGE_DIR) or filename.startswith("<frozen"))
+
+
 def _learner_frame(exc: BaseException):
     """The innermost traceback frame that is neither a library's nor this package's."""
     found = None
     for frame, lineno in traceback.walk_tb(exc.__traceback__):
-        filename = os.path.abspath(frame.f_code.co_filename)
-        if filename.startswith(_LIBRARY_DIRS) or filename.startswith(_PACKAGE_DIR) or filename.startswith("<frozen"):
-            continue
-        found = (frame.f_code.co_name, lineno, filename)
+        if _is_learner_file(frame.f_code.co_filename):
+            found = (frame.f_code.co_name, lineno, os.path.abspath(frame.f_code.co_filename))
     return found
+
+
+def _learner_frame_of(frame):
+    """The innermost frame of a live stack, from `frame` outwards, that is the learner's."""
+    while frame is not None:
+        if _is_learner_file(frame.f_code.co_filename):
+            return frame.f_code.co_name, frame.f_lineno, frame.f_code.co_filename
+        frame = frame.f_back
+    return None
 
 
 def describe_exception(exc: BaseException) -> str:

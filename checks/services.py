@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import time
 
+from .blocking import blocking_call
 from .timing import InFlight, Span
 
 
@@ -62,6 +63,7 @@ class SlowService:
 
     def get_blocking(self, key: str) -> dict:
         """The blocking client (think `requests.get`): holds the thread while it waits."""
+        blocking_call(f"{self.name}.get_blocking()")
         with self.in_flight.call():
             time.sleep(self.latency_s)
             return self.answer(key)
@@ -88,6 +90,7 @@ class PasswordHasher:
             raise TypeError(f"hash_password() takes a str, got {type(password).__name__}")
         if not self._iterations:
             self._iterations = self._calibrate()
+        blocking_call("hash_password()")
         with self.in_flight.call():
             digest = hashlib.pbkdf2_hmac("sha256", password.encode(), b"course-salt", self._iterations).hex()
         self.results[password] = digest
@@ -102,6 +105,7 @@ class LegacyReports:
         self.in_flight = InFlight()
 
     def render(self, month: str) -> dict:
+        blocking_call("legacy_reports.render()")
         with self.in_flight.call():
             time.sleep(self.latency_s)
             return {"month": month, "pages": len(month) + 3}

@@ -51,7 +51,10 @@ class _State:
 
 
 def _is_internal(frame) -> bool:
-    """True when the interrupted frame belongs to asyncio, selectors or this package."""
+    """True when the interrupted frame belongs to asyncio, selectors or this package
+    (but not to the `time.sleep` wrapper, which runs on behalf of the learner's code)."""
+    if frame is not None and frame.f_code.co_name == "_watched_sleep":
+        return False
     filename = os.path.abspath(frame.f_code.co_filename) if frame else ""
     return (
         filename.startswith(_ASYNCIO_DIR + os.sep)

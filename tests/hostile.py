@@ -21,7 +21,7 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-from checks.build import BEGIN, END, _enclosing
+from course.build import BEGIN, END, _enclosing
 from conftest import awaits_at_top_level
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from checks import build
-from checks.build import BuildError, strip_solutions
+from course import build
+from course.build import BuildError, strip_solutions
 
 
 def test_top_level_region_keeps_its_task_comments_and_becomes_a_placeholder():
@@ -102,7 +102,7 @@ def test_build_check_and_reset_in_a_temporary_course(tmp_path, capsys):
 
 def test_notebooks_folder_is_exactly_what_the_build_makes():
     problems = build.drift()
-    assert problems == [], "\n".join(problems) + "\nRun `python -m checks.build` and commit notebooks/."
+    assert problems == [], "\n".join(problems) + "\nRun `course build` and commit notebooks/."
 
 
 def test_every_solution_has_check_cells_and_solution_regions():
