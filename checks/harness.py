@@ -24,6 +24,8 @@ from typing import AsyncIterator
 import httpx
 from asgi_lifespan import LifespanManager
 
+from .watchdog import CheckTimeout, limit_active, time_limit
+
 BASE_URL = "http://testserver"
 _LIBRARY_DIRS = tuple(
     os.path.abspath(path) + os.sep
@@ -112,8 +114,46 @@ class AppStartupError(Exception):
     """The app's lifespan failed or hung while starting: no request could be sent."""
 
 
+# A demo cell (not a check) that runs learner code under `serve()` gets this time limit, so
+# a hanging or blocking exercise stops the demo with a message instead of the kernel.
+DEMO_LIMIT_S = 30.0
+
+
+class DemoStopped(Exception):
+    """A demo ran past its time limit; shown as one message, not a traceback."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"DemoStopped: {self}"]
+
+
 @asynccontextmanager
-async def serve(
+async def serve(app, *, limit_s: float | None = None, **kwargs) -> AsyncIterator[AppClient]:
+    """Run `app`'s lifespan and yield a client wired to it; shut it down on exit.
+
+    Keyword arguments are `_serve`'s. Outside a check, the whole block runs under a time
+    limit (`limit_s`, default `DEMO_LIMIT_S`): code that awaits forever or blocks the loop
+    is stopped and the kernel lives on. Inside a check, the check's own limit applies.
+    """
+    if limit_active():
+        async with _serve(app, **kwargs) as client:
+            yield client
+        return
+    limit = DEMO_LIMIT_S if limit_s is None else limit_s
+    try:
+        async with time_limit(limit):
+            async with _serve(app, **kwargs) as client:
+                yield client
+    except CheckTimeout as exc:
+        what = "the event loop was blocked" if exc.blocked else "something awaited forever"
+        raise DemoStopped(
+            f"stopped after {limit:g} s: {what}. Code run by this cell (yours, from an exercise above?) "
+            + ("never gave the event loop back: a busy loop or a blocking call in `async def`."
+               if exc.blocked else "waits for something that never comes: does every route return?")
+        ) from None
+
+
+@asynccontextmanager
+async def _serve(
     app,
     *,
     raise_app_exceptions: bool = True,

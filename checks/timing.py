@@ -69,10 +69,13 @@ class InFlight:
     """Counts calls in progress (`with counter.call(): ...`), from tasks and threads alike.
 
     `peak` is the most that ever ran at once; `durations` holds each finished call's time.
+    `reset()` starts a new generation: a call still running from before (a thread left over
+    from an earlier attempt) finishes without touching the new counts.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._generation = 0
         self.current = 0
         self.peak = 0
         self.calls = 0
@@ -80,12 +83,14 @@ class InFlight:
 
     def reset(self) -> None:
         with self._lock:
+            self._generation += 1
             self.current = self.peak = self.calls = 0
             self.durations = []
 
     @contextmanager
     def call(self):
         with self._lock:
+            generation = self._generation
             self.current += 1
             self.calls += 1
             self.peak = max(self.peak, self.current)
@@ -94,8 +99,9 @@ class InFlight:
             yield
         finally:
             with self._lock:
-                self.current -= 1
-                self.durations.append(time.perf_counter() - start)
+                if generation == self._generation:
+                    self.current -= 1
+                    self.durations.append(time.perf_counter() - start)
 
 
 @dataclass

@@ -15,6 +15,7 @@ inside asyncio's own machinery or inside this package, it waits for the next tic
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import signal
 import threading
@@ -43,6 +44,15 @@ class CheckTimeout(Exception):
             f"time limit of {limit_s:g} s reached "
             + ("(the event loop was blocked)" if blocked else "(something awaited forever)")
         )
+
+
+# Set while a time limit is active in this context: an inner limit would replace the
+# outer one's SIGALRM timer, so `serve()` adds its own only where none is running.
+_limited: contextvars.ContextVar[bool] = contextvars.ContextVar("course_time_limit", default=False)
+
+
+def limit_active() -> bool:
+    return _limited.get()
 
 
 @dataclass
@@ -89,6 +99,7 @@ async def time_limit(seconds: float, hard_grace_s: float | None = None):
     if use_signals:
         previous = signal.signal(signal.SIGALRM, on_alarm)
         signal.setitimer(signal.ITIMER_REAL, seconds + hard_grace_s, REFIRE_S)
+    token = _limited.set(True)
     try:
         soft = asyncio.timeout(seconds)
         try:
@@ -113,6 +124,7 @@ async def time_limit(seconds: float, hard_grace_s: float | None = None):
             # The blocked code ran in another task that died; ours finished anyway.
             raise CheckTimeout(seconds, blocked=True)
     finally:
+        _limited.reset(token)
         if use_signals:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous if previous is not None else signal.SIG_DFL)
