@@ -69,6 +69,7 @@ class Event:
     exchange: "Exchange | None" = None
     data: dict = field(default_factory=dict)
     thread: int = 0
+    task: asyncio.Task | None = None  # the asyncio task it happened in (None in a worker thread)
 
     def __repr__(self) -> str:
         where = f" [{self.exchange.label}]" if self.exchange is not None else ""
@@ -226,6 +227,7 @@ class Recorder:
         self.events: list[Event] = []
         self.exchanges: list[Exchange] = []
         self.leaked_tasks: list[str] = []
+        self.shutdown_error: BaseException | None = None  # what the lifespan raised while shutting down
         self._lock = threading.Lock()
         self._own_tasks: set[asyncio.Task] = set()
 
@@ -233,8 +235,12 @@ class Recorder:
         return time.perf_counter() - self.t0
 
     def _record(self, kind: str, what: str, exchange=None, **data) -> Event:
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # a thread without an event loop
+            task = None
         with self._lock:
-            event = Event(len(self.events), self.now(), kind, what, exchange, data, threading.get_ident())
+            event = Event(len(self.events), self.now(), kind, what, exchange, data, threading.get_ident(), task)
             self.events.append(event)
         return event
 
@@ -557,9 +563,18 @@ def _task_where(task: asyncio.Task) -> str:
     return f"{name}()"
 
 
+_MACHINERY = {"recorder.py", "timing.py", "harness.py", "watchdog.py", "runner.py", "blocking.py"}
+
+
 def _from_package(task: asyncio.Task) -> bool:
+    """A task of the checks' own machinery (a heartbeat, a gather of requests), not of the app.
+    Stand-in services (lessonNN.py, services.py) count as the app's: a task the app started
+    around `mailer.send(...)` is the app's task."""
     code = getattr(task.get_coro(), "cr_code", None)
-    return code is not None and os.path.abspath(code.co_filename).startswith(_PACKAGE_DIR)
+    if code is None:
+        return False
+    filename = os.path.abspath(code.co_filename)
+    return filename.startswith(_PACKAGE_DIR) and os.path.basename(filename) in _MACHINERY
 
 
 @asynccontextmanager
@@ -594,6 +609,7 @@ async def _record(
     graceful_s: float = 10.0,
     leak_grace_s: float = 0.5,
     cancel_leaks: bool = True,
+    raise_shutdown_errors: bool = True,
 ) -> AsyncIterator[Recorder]:
     if not callable(app):
         raise TypeError(f"record() needs an ASGI app such as FastAPI(), got {type(app).__name__}")
@@ -635,14 +651,26 @@ async def _record(
         blocked = [e.error for e in recorder.exchanges if e.error is not None and not isinstance(e.error, Exception)]
         if manager is not None:
             if body_error is None or isinstance(body_error, Exception):
-                await manager.__aexit__(None, None, None)
+                try:
+                    await manager.__aexit__(None, None, None)
+                except TimeoutError as exc:
+                    recorder.shutdown_error = TimeoutError(
+                        f"its lifespan did not finish shutting down within {lifespan_timeout:g} s")
+                    recorder.shutdown_error.__cause__ = exc
+                except Exception as exc:
+                    recorder.shutdown_error = exc
+                if recorder.shutdown_error is not None:
+                    recorder._record("app.error", f"shutdown: {describe_exception(recorder.shutdown_error)}")
+                    if raise_shutdown_errors and body_error is None:
+                        body_error = recorder.shutdown_error
             else:
                 await manager.__aexit__(type(body_error), body_error, body_error.__traceback__)
-        if body_error is not None:
-            raise body_error
         if blocked:
             raise blocked[0]
-        await _collect_leaks(recorder, before, leak_grace_s, cancel_leaks)
+        clean = body_error is None or isinstance(body_error, Exception)
+        await _collect_leaks(recorder, before, leak_grace_s if clean else 0.0, cancel_leaks)
+        if body_error is not None:
+            raise body_error
     finally:
         if recorder in _active:
             _active.remove(recorder)

@@ -1,0 +1,711 @@
+"""Lesson 08's checks: right ways to do background work pass; each realistic mistake fails with its hint."""
+
+import asyncio
+import contextlib
+import time
+import uuid
+from contextlib import asynccontextmanager, suppress
+from datetime import datetime, timezone
+from typing import Annotated
+
+import anyio.from_thread
+import pytest
+from fastapi import BackgroundTasks, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+
+from checks.lesson08 import (
+    POLL_S, CountingSession, MailerError, Order, OutboxMessage, User, check_invoices, check_outbox, check_signup,
+    mailer, render_invoice,
+)
+from conftest import assert_feedback_rules, failure_text, names, notebook_namespace
+
+pytestmark = pytest.mark.anyio
+lesson = notebook_namespace("08_background")
+lifespan, SessionDep, NewUser = lesson["lifespan"], lesson["SessionDep"], lesson["NewUser"]
+
+
+# ---- exercise 1: the confirmation e-mail ---------------------------------------------------------------
+
+def signup_app(route, status_code=201):
+    """An app with the lesson's lifespan and `route` as POST /signups."""
+    app = FastAPI(lifespan=lifespan)
+    app.add_api_route("/signups", route, methods=["POST"], status_code=status_code)
+    return app
+
+
+async def confirm_by_id(sessions, user_id: int) -> None:
+    async with sessions() as session:
+        user = await session.get(User, user_id)
+        await mailer.send(user.email, "Confirm your address")
+        user.confirmation_sent = True
+        await session.commit()
+
+
+async def new_user(session, email):
+    user = User(email=email)
+    session.add(user)
+    await session.flush()
+    return user
+
+
+# right answers
+
+async def right_background_tasks(new: NewUser, session: SessionDep, request: Request, tasks: BackgroundTasks):
+    user = await new_user(session, new.email)
+    tasks.add_task(confirm_by_id, request.state.sessions, user.id)
+    return {"id": user.id, "email": user.email}
+
+
+async def confirm_with_update(sessions, user_id: int, email: str) -> None:
+    await mailer.send(email, "Please confirm")
+    async with sessions.begin() as session:  # commits at the end of the block
+        await session.execute(update(User).where(User.id == user_id).values(confirmation_sent=True))
+
+
+async def right_response_background(new: NewUser, session: SessionDep, request: Request):
+    user = await new_user(session, new.email)
+    task = BackgroundTask(confirm_with_update, request.state.sessions, user.id, user.email)
+    return JSONResponse({"id": user.id, "email": user.email}, status_code=201, background=task)
+
+
+class Notifier:
+    """A dependency that schedules e-mails: FastAPI hands it the request's own BackgroundTasks."""
+
+    def __init__(self, request: Request, tasks: BackgroundTasks):
+        self.sessions, self.tasks = request.state.sessions, tasks
+
+    def confirm(self, user_id: int) -> None:
+        self.tasks.add_task(self._send, user_id)
+
+    async def _send(self, user_id: int) -> None:
+        async with self.sessions() as session, session.begin():
+            user = await session.get(User, user_id)
+            await mailer.send(user.email, "Confirm")
+            user.confirmation_sent = True
+
+
+async def right_dependency(new: NewUser, session: SessionDep, notifier: Annotated[Notifier, Depends()]):
+    user = await new_user(session, new.email)
+    notifier.confirm(user.id)
+    return {"id": user.id, "email": user.email}
+
+
+@pytest.mark.parametrize("route", [right_background_tasks, right_response_background, right_dependency],
+                         ids=["BackgroundTasks", "JSONResponse(background=...)", "tasks in a dependency"])
+async def test_signup_right_answers_pass(route):
+    report = await check_signup.report(signup_app(route))
+    assert report.passed, report.text()
+
+
+async def test_the_lessons_own_answer_passes():
+    report = await check_signup.report(lesson["signup_app"])
+    assert report.passed, report.text()
+
+
+# wrong answers
+
+async def wrong_inline(new: NewUser, session: SessionDep):
+    user = await new_user(session, new.email)
+    await mailer.send(user.email, "Confirm")  # the client waits for the mail server
+    user.confirmation_sent = True
+    return {"id": user.id, "email": user.email}
+
+
+async def confirm_with_session(session, user_id):
+    user = await session.get(User, user_id)  # the request's session, closed by now: it silently starts over
+    await mailer.send(user.email, "Confirm")
+    user.confirmation_sent = True
+    await session.commit()
+
+
+async def wrong_request_session(new: NewUser, session: SessionDep, tasks: BackgroundTasks):
+    user = await new_user(session, new.email)
+    tasks.add_task(confirm_with_session, session, user.id)
+    return {"id": user.id, "email": user.email}
+
+
+async def confirm_object(session, user):
+    await mailer.send(user.email, "Confirm")
+    user.confirmation_sent = True
+    await session.commit()
+
+
+async def wrong_request_session_and_object(new: NewUser, session: SessionDep, tasks: BackgroundTasks):
+    user = await new_user(session, new.email)
+    tasks.add_task(confirm_object, session, user)
+    return {"id": user.id, "email": user.email}
+
+
+async def confirm_detached(sessions, user):
+    async with sessions() as session:
+        await mailer.send(user.email, "Confirm")
+        user.confirmation_sent = True  # an object of the request's session: this session does not know it
+        await session.commit()
+
+
+async def wrong_detached_object(new: NewUser, session: SessionDep, request: Request, tasks: BackgroundTasks):
+    user = await new_user(session, new.email)
+    tasks.add_task(confirm_detached, request.state.sessions, user)
+    return {"id": user.id, "email": user.email}
+
+
+async def wrong_create_task(new: NewUser, session: SessionDep, request: Request):
+    user = await new_user(session, new.email)
+    asyncio.create_task(confirm_by_id(request.state.sessions, user.id))  # nobody keeps or awaits it
+    return {"id": user.id, "email": user.email}
+
+
+async def wrong_coroutine_to_add_task(new: NewUser, session: SessionDep, request: Request, tasks: BackgroundTasks):
+    user = await new_user(session, new.email)
+    tasks.add_task(confirm_by_id(request.state.sessions, user.id))
+    return {"id": user.id, "email": user.email}
+
+
+def confirm_sync(email):
+    mailer.send(email, "Confirm")  # a coroutine, never awaited
+
+
+async def wrong_def_task_no_await(new: NewUser, session: SessionDep, tasks: BackgroundTasks):
+    user = await new_user(session, new.email)
+    tasks.add_task(confirm_sync, user.email)
+    return {"id": user.id, "email": user.email}
+
+
+async def confirm_no_commit(sessions, user_id):
+    async with sessions() as session:
+        user = await session.get(User, user_id)
+        await mailer.send(user.email, "Confirm")
+        user.confirmation_sent = True
+
+
+async def wrong_no_commit(new: NewUser, session: SessionDep, request: Request, tasks: BackgroundTasks):
+    user = await new_user(session, new.email)
+    tasks.add_task(confirm_no_commit, request.state.sessions, user.id)
+    return {"id": user.id, "email": user.email}
+
+
+async def confirm_rate_limited(sessions, user_id):
+    time.sleep(0.02)  # "be gentle with the mail server"
+    await confirm_by_id(sessions, user_id)
+
+
+async def wrong_time_sleep(new: NewUser, session: SessionDep, request: Request, tasks: BackgroundTasks):
+    user = await new_user(session, new.email)
+    tasks.add_task(confirm_rate_limited, request.state.sessions, user.id)
+    return {"id": user.id, "email": user.email}
+
+
+async def wrong_forgot_add_task(new: NewUser, session: SessionDep, request: Request, tasks: BackgroundTasks):
+    user = await new_user(session, new.email)
+    return {"id": user.id, "email": user.email}
+
+
+DefaultScopeSession = Annotated[AsyncSession, Depends(lesson["get_session"])]
+
+
+async def wrong_default_scope(new: NewUser, session: DefaultScopeSession, tasks: BackgroundTasks):
+    user = await new_user(session, new.email)
+    tasks.add_task(confirm_with_session, session, user.id)  # still open: the dependency ends after the tasks
+    return {"id": user.id, "email": user.email}
+
+
+async def confirm_never_closed(sessions, user_id):
+    session = sessions()
+    user = await session.get(User, user_id)
+    await mailer.send(user.email, "Confirm")
+    user.confirmation_sent = True
+    await session.commit()
+
+
+async def wrong_never_closed(new: NewUser, session: SessionDep, request: Request, tasks: BackgroundTasks):
+    user = await new_user(session, new.email)
+    tasks.add_task(confirm_never_closed, request.state.sessions, user.id)
+    return {"id": user.id, "email": user.email}
+
+
+ONE_EMAIL = "one confirmation e-mail per signup, to its address"
+RECORDS = "the task records `confirmation_sent` in the database"
+OWN_SESSION = "the task opens a session of its own"
+
+
+@pytest.mark.parametrize("route, failed, hint", [
+    (wrong_inline, ["the client gets its 201 before the e-mail is sent"], "BackgroundTasks"),
+    (wrong_request_session, [OWN_SESSION], "closed"),
+    (wrong_request_session_and_object, [RECORDS, OWN_SESSION], "closed before background tasks run"),
+    (wrong_detached_object, [RECORDS], "detached"),
+    (wrong_create_task, ["the e-mail is sent by a background task of the request"], "create_task"),
+    (wrong_coroutine_to_add_task, [ONE_EMAIL], "add_task(fn, a, b)"),
+    (wrong_def_task_no_await, [ONE_EMAIL], "never awaited"),
+    (wrong_no_commit, [RECORDS], "commit"),
+    (wrong_time_sleep, ["the event loop stays free"], "time.sleep"),
+    (wrong_forgot_add_task, [ONE_EMAIL], "add_task"),
+    (wrong_default_scope, [OWN_SESSION], 'scope="function"'),
+    (wrong_never_closed, ["every session is closed"], "async with"),
+], ids=["sent inline", "request's session", "request's session and object", "detached object", "create_task",
+        "coroutine to add_task", "def task without await", "no commit", "time.sleep in the task",
+        "no task added", "default scope", "session never closed"])
+async def test_signup_mistakes(route, failed, hint):
+    report = await check_signup.report(signup_app(route))
+    assert names(report) == failed, report.text()
+    assert hint in failure_text(report), failure_text(report)
+    assert_feedback_rules(report)
+
+
+async def test_a_200_is_not_a_201():
+    report = await check_signup.report(signup_app(right_background_tasks, status_code=200))
+    assert names(report) == ["POST /signups answers 201 with the new user's id and email"]
+    assert "201" in failure_text(report)
+    assert_feedback_rules(report)
+
+
+# ---- exercise 2: CPU work off the loop ---------------------------------------------------------------
+
+invoice_app = lesson["invoice_app"]
+
+
+async def invoice_to_thread(order_id: int, email: str) -> None:
+    pdf = await asyncio.to_thread(render_invoice, order_id)
+    await mailer.send(email, f"Invoice {order_id}", attachment=pdf)
+
+
+async def invoice_threadpool(order_id: int, email: str) -> None:
+    pdf = await run_in_threadpool(render_invoice, order_id)
+    await mailer.send(email, "Your invoice", attachment=pdf)
+
+
+async def invoice_executor(order_id: int, email: str) -> None:
+    pdf = await asyncio.get_running_loop().run_in_executor(None, render_invoice, order_id)
+    await mailer.send(email, "Your invoice", body="Attached.", attachment=pdf)
+
+
+def invoice_def_task(order_id: int, email: str) -> None:  # runs in the thread pool
+    pdf = render_invoice(order_id)
+    anyio.from_thread.run(lambda: mailer.send(email, "Your invoice", attachment=pdf))
+
+
+@pytest.mark.parametrize("send_invoice", [invoice_to_thread, invoice_threadpool, invoice_executor, invoice_def_task],
+                         ids=["to_thread", "run_in_threadpool", "run_in_executor", "def task + from_thread"])
+async def test_invoice_right_answers_pass(send_invoice):
+    report = await check_invoices.report(invoice_app, send_invoice)
+    assert report.passed, report.text()
+
+
+async def test_the_lessons_own_invoice_answer_passes():
+    report = await check_invoices.report(invoice_app, lesson["send_invoice"])
+    assert report.passed, report.text()
+
+
+async def invoice_on_the_loop(order_id: int, email: str) -> None:
+    pdf = render_invoice(order_id)
+    await mailer.send(email, "Invoice", attachment=pdf)
+
+
+async def invoice_yield_first(order_id: int, email: str) -> None:
+    await asyncio.sleep(0)  # "let others run first": the rendering still holds the loop
+    await mailer.send(email, "Invoice", attachment=render_invoice(order_id))
+
+
+async def invoice_sleepy(order_id: int, email: str) -> None:
+    pdf = await asyncio.to_thread(render_invoice, order_id)
+    time.sleep(0.02)  # wait for the PDF to "settle"
+    await mailer.send(email, "Invoice", attachment=pdf)
+
+
+async def invoice_called_first(order_id: int, email: str) -> None:
+    pdf = await asyncio.to_thread(render_invoice(order_id))  # renders here, then hands bytes to a thread
+    await mailer.send(email, "Invoice", attachment=pdf)
+
+
+async def invoice_not_awaited(order_id: int, email: str) -> None:
+    pdf = asyncio.to_thread(render_invoice, order_id)
+    await mailer.send(email, "Invoice", attachment=pdf)
+
+
+async def invoice_future_not_awaited(order_id: int, email: str) -> None:
+    pdf = asyncio.get_running_loop().run_in_executor(None, render_invoice, order_id)
+    await mailer.send(email, "Invoice", attachment=pdf)
+
+
+def invoice_def_no_await(order_id: int, email: str) -> None:
+    pdf = render_invoice(order_id)
+    mailer.send(email, "Invoice", attachment=pdf)
+
+
+def invoice_def_asyncio_run(order_id: int, email: str) -> None:
+    pdf = render_invoice(order_id)
+    asyncio.run(mailer.send(email, "Invoice", attachment=pdf))
+
+
+async def invoice_mail_fire_and_forget(order_id: int, email: str) -> None:
+    pdf = await asyncio.to_thread(render_invoice, order_id)
+    asyncio.create_task(mailer.send(email, "Invoice", attachment=pdf))
+
+
+EACH_ORDER = "each order gets one e-mail with its own PDF"
+LOOP_FREE = "the event loop stays free while invoices render"
+
+
+@pytest.mark.parametrize("send_invoice, failed, hint", [
+    (invoice_on_the_loop, [LOOP_FREE], "to_thread"),
+    (invoice_yield_first, [LOOP_FREE], "CPU work"),
+    (invoice_sleepy, [LOOP_FREE], "time.sleep"),
+    (invoice_called_first, [EACH_ORDER], "runs fn right here"),
+    (invoice_not_awaited, [EACH_ORDER], "`await` it"),
+    (invoice_future_not_awaited, [EACH_ORDER], "`await` it"),
+    (invoice_def_no_await, [EACH_ORDER], "without `await`"),
+    (invoice_def_asyncio_run, [EACH_ORDER], "asyncio.run"),
+    (invoice_mail_fire_and_forget, ["the e-mail is sent inside the background task"], "create_task"),
+], ids=["render on the loop", "sleep(0) then render", "time.sleep", "to_thread(fn(arg))", "to_thread not awaited",
+        "executor future not awaited", "def task, no await", "def task, asyncio.run", "mail fire-and-forget"])
+async def test_invoice_mistakes(send_invoice, failed, hint):
+    report = await check_invoices.report(invoice_app, send_invoice)
+    assert names(report) == failed, report.text()
+    assert hint in failure_text(report), failure_text(report)
+    assert_feedback_rules(report)
+
+
+# ---- exercise 3: the outbox --------------------------------------------------------------------------
+
+OrderIn = lesson["OrderIn"]
+
+
+def outbox_factory(route, start, stop):
+    """`make_app(url, deliver)` like the lesson's outbox_app, with the route and the worker's
+    start and stop given: `start(deliver, sessions)` returns a handle, `stop(handle)` ends it."""
+
+    def make_app(database_url, deliver_outbox):
+        @asynccontextmanager
+        async def app_lifespan(app):
+            engine = create_async_engine(database_url)
+            sessions = async_sessionmaker(engine, class_=CountingSession, expire_on_commit=False)
+            handle = await start(deliver_outbox, sessions)
+            yield {"sessions": sessions}
+            await stop(handle)
+            await engine.dispose()
+
+        app = FastAPI(lifespan=app_lifespan)
+        app.add_api_route("/orders", route, methods=["POST"], status_code=201)
+        return app
+
+    return make_app
+
+
+async def start_task(deliver, sessions):
+    return asyncio.create_task(deliver(sessions))
+
+
+async def cancel_and_await(task):
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task
+
+
+async def cancel_only(task):
+    task.cancel()  # not awaited: it ends at its next step, which the check waits for
+
+
+async def never_stop(task):
+    pass
+
+
+async def route_one_transaction(order: OrderIn, session: SessionDep):
+    row = Order(email=order.email, item=order.item)
+    session.add(row)
+    await session.flush()
+    session.add(OutboxMessage(key=f"order-{row.id}", recipient=order.email, subject=f"Order {row.id}"))
+    return {"id": row.id}
+
+
+async def route_uuid_key_commit_in_route(order: OrderIn, session: SessionDep):
+    row = Order(email=order.email, item=order.item)
+    message = OutboxMessage(key=uuid.uuid4().hex, recipient=order.email, subject="Thanks for your order")
+    session.add_all([row, message])
+    await session.commit()  # both in one commit
+    return {"id": row.id}
+
+
+async def worker_polling(sessions):
+    while True:
+        async with sessions() as session:
+            pending = await session.scalars(select(OutboxMessage).where(OutboxMessage.sent_at.is_(None)))
+            for message in pending.all():
+                try:
+                    await mailer.send(message.recipient, message.subject, idempotency_key=message.key)
+                except MailerError:
+                    message.attempts += 1
+                else:
+                    message.sent_at = datetime.now(timezone.utc)
+                await session.commit()
+        await asyncio.sleep(POLL_S)
+
+
+def stoppable_worker():
+    """A worker with a stop event made at each start; the lifespan sets it, waits a little, then cancels."""
+    holder = {}
+
+    async def deliver(sessions):
+        stop = holder["stop"]
+        while not stop.is_set():
+            async with sessions() as session, session.begin():
+                for message in (await session.scalars(
+                        select(OutboxMessage).where(OutboxMessage.sent_at.is_(None)).limit(20))).all():
+                    try:
+                        await mailer.send(message.recipient, message.subject, idempotency_key=message.key)
+                        message.sent_at = datetime.now(timezone.utc)
+                    except MailerError:
+                        message.attempts += 1
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), POLL_S)
+
+    async def start(deliver_, sessions):
+        holder["stop"] = asyncio.Event()
+        return asyncio.create_task(deliver_(sessions))
+
+    async def stop_it(task):
+        holder["stop"].set()
+        try:
+            await asyncio.wait_for(task, 0.3)  # a send that hangs: wait_for cancels it
+        except (TimeoutError, asyncio.CancelledError):
+            pass
+
+    return deliver, start, stop_it
+
+
+async def worker_one_at_a_time_deleting(sessions):
+    """Claims the oldest pending message, sends it, deletes it once the mailer said yes."""
+    while True:
+        async with sessions() as session:
+            message = await session.scalar(select(OutboxMessage).order_by(OutboxMessage.attempts, OutboxMessage.id))
+            if message is None:
+                await asyncio.sleep(POLL_S)
+                continue
+            try:
+                await mailer.send(message.recipient, message.subject, idempotency_key=message.key)
+            except MailerError:
+                message.attempts += 1
+                await session.commit()
+                await asyncio.sleep(min(POLL_S * 2 ** message.attempts, 0.2))  # back off
+            else:
+                await session.delete(message)
+                await session.commit()
+
+
+async def test_the_lessons_own_outbox_passes():
+    report = await check_outbox.report(lesson["outbox_app"], lesson["deliver_outbox"])
+    assert report.passed, report.text()
+
+
+stoppable, start_stoppable, stop_stoppable = stoppable_worker()
+
+
+@pytest.mark.parametrize("make_app, deliver", [
+    (outbox_factory(route_one_transaction, start_task, cancel_and_await), worker_polling),
+    (outbox_factory(route_uuid_key_commit_in_route, start_stoppable, stop_stoppable), stoppable),
+    (outbox_factory(route_one_transaction, start_task, cancel_only), worker_one_at_a_time_deleting),
+], ids=["poll, cancel and await", "stop event, commit in the route", "delete after sending, cancel only"])
+async def test_outbox_right_answers_pass(make_app, deliver):
+    report = await check_outbox.report(make_app, deliver)
+    assert report.passed, report.text()
+
+
+# wrong answers: routes
+
+async def route_sends_in_background(order: OrderIn, session: SessionDep, tasks: BackgroundTasks):
+    row = Order(email=order.email, item=order.item)
+    session.add(row)
+    await session.flush()
+    tasks.add_task(mailer.send, order.email, f"Order {row.id}")  # no outbox: one try, in this process
+    return {"id": row.id}
+
+
+async def route_two_transactions(order: OrderIn, session: SessionDep):
+    row = Order(email=order.email, item=order.item)
+    session.add(row)
+    await session.commit()  # the order is saved...
+    session.add(OutboxMessage(key=f"order-{row.id}", recipient=order.email, subject=f"Order {row.id}"))
+    await session.commit()  # ...and its e-mail, separately
+    return {"id": row.id}
+
+
+async def route_sends_inline(order: OrderIn, session: SessionDep):
+    row = Order(email=order.email, item=order.item)
+    session.add(row)
+    await session.flush()
+    message = OutboxMessage(key=f"order-{row.id}", recipient=order.email, subject=f"Order {row.id}")
+    session.add(message)
+    await mailer.send(order.email, message.subject, idempotency_key=message.key)
+    message.sent_at = datetime.now(timezone.utc)
+    return {"id": row.id}
+
+
+# wrong answers: workers
+
+def polling(send_one):
+    async def deliver(sessions):
+        while True:
+            async with sessions() as session:
+                for message in (await session.scalars(
+                        select(OutboxMessage).where(OutboxMessage.sent_at.is_(None)))).all():
+                    await send_one(session, message)
+            await asyncio.sleep(POLL_S)
+
+    return deliver
+
+
+async def delete_then_send(session, message):
+    await session.delete(message)
+    await session.commit()
+    with suppress(MailerError):
+        await mailer.send(message.recipient, message.subject, idempotency_key=message.key)
+
+
+async def mark_then_send(session, message):
+    message.sent_at = datetime.now(timezone.utc)
+    await session.commit()
+    with suppress(MailerError):
+        await mailer.send(message.recipient, message.subject, idempotency_key=message.key)
+
+
+async def give_up_on_error(session, message):
+    try:
+        await mailer.send(message.recipient, message.subject, idempotency_key=message.key)
+    except MailerError:
+        pass  # swallowed: marked sent below anyway
+    message.sent_at = datetime.now(timezone.utc)
+    await session.commit()
+
+
+async def no_try(session, message):
+    await mailer.send(message.recipient, message.subject, idempotency_key=message.key)  # a failure ends the worker
+    message.sent_at = datetime.now(timezone.utc)
+    await session.commit()
+
+
+async def no_key(session, message):
+    try:
+        await mailer.send(message.recipient, message.subject)
+    except MailerError:
+        return
+    message.sent_at = datetime.now(timezone.utc)
+    await session.commit()
+
+
+async def new_key_each_time(session, message):
+    try:
+        await mailer.send(message.recipient, message.subject, idempotency_key=uuid.uuid4().hex)
+    except MailerError:
+        return
+    message.sent_at = datetime.now(timezone.utc)
+    await session.commit()
+
+
+async def right_send(session, message):
+    try:
+        await mailer.send(message.recipient, message.subject, idempotency_key=message.key)
+    except MailerError:
+        return
+    message.sent_at = datetime.now(timezone.utc)
+    await session.commit()
+
+
+async def forgets_commit(session, message):
+    try:
+        await mailer.send(message.recipient, message.subject, idempotency_key=message.key)
+    except MailerError:
+        return
+    message.sent_at = datetime.now(timezone.utc)  # never committed
+
+
+async def blocking_poll(sessions):
+    while True:
+        async with sessions() as session:
+            for message in (await session.scalars(select(OutboxMessage).where(OutboxMessage.sent_at.is_(None)))).all():
+                await right_send(session, message)
+        time.sleep(POLL_S)
+
+
+def flag_stopped_worker():
+    state = {"running": True}
+
+    async def deliver(sessions):
+        while state["running"]:
+            async with sessions() as session:
+                for message in (await session.scalars(
+                        select(OutboxMessage).where(OutboxMessage.sent_at.is_(None)))).all():
+                    await right_send(session, message)
+            await asyncio.sleep(POLL_S)
+
+    async def start(deliver_, sessions):
+        state["running"] = True
+        return asyncio.create_task(deliver_(sessions))
+
+    async def stop(task):
+        state["running"] = False  # cannot interrupt a send that hangs
+
+    return deliver, start, stop
+
+
+flag_deliver, flag_start, flag_stop = flag_stopped_worker()
+
+
+async def start_awaiting(deliver, sessions):
+    await deliver(sessions)  # never returns: the app never finishes starting
+
+
+right_route = route_one_transaction
+STANDARD = dict(start=start_task, stop=cancel_and_await)
+
+SENT_BY_WORKER = "the e-mails are sent by the worker, not by the request"
+RETRIED = "a failed delivery is tried again"
+NOT_TWICE = "a retry after a lost reply is not sent twice"
+AFTER_RESTART = "an e-mail cut off by a shutdown is delivered after the restart, once"
+ONE_TRANSACTION = "an order and its outbox row are written in one transaction"
+MARKED = "a delivered message is marked sent"
+STOPPED = "the worker is stopped at shutdown, nothing left running"
+
+
+@pytest.mark.parametrize("route, deliver, lifecycle, failed, hint", [
+    (route_sends_in_background, polling(right_send), STANDARD, [SENT_BY_WORKER, RETRIED, ONE_TRANSACTION],
+     "no outbox row"),
+    (route_two_transactions, polling(right_send), STANDARD, [ONE_TRANSACTION], "commit once"),
+    (route_sends_inline, polling(right_send), STANDARD, [SENT_BY_WORKER], "the worker sends"),
+    (right_route, polling(delete_then_send), STANDARD, [RETRIED], "do not delete it"),
+    (right_route, polling(mark_then_send), STANDARD, [RETRIED], "mark it sent before"),
+    (right_route, polling(give_up_on_error), STANDARD, [RETRIED], "leave the row pending"),
+    (right_route, polling(no_try), STANDARD, [RETRIED, STOPPED], "keeps running"),
+    (right_route, polling(no_key), STANDARD, [NOT_TWICE, AFTER_RESTART], "idempotency_key"),
+    (right_route, polling(new_key_each_time), STANDARD, [NOT_TWICE, AFTER_RESTART], "same"),
+    (right_route, polling(forgets_commit), STANDARD, [MARKED], "commit"),
+    (right_route, polling(right_send), dict(start=start_task, stop=never_stop), [STOPPED], "cancel()"),
+    (right_route, flag_deliver, dict(start=flag_start, stop=flag_stop), [STOPPED], "stop flag"),
+    (right_route, blocking_poll, STANDARD, ["the event loop stays free"], "asyncio.sleep"),
+], ids=["BackgroundTasks, no outbox", "outbox in a second transaction", "sent inline in the route",
+        "deletes before sending", "marks sent before sending", "swallows the error", "no try: the worker dies",
+        "no idempotency key", "a new key per attempt", "never commits sent_at", "worker never stopped",
+        "stop flag only", "time.sleep between rounds"])
+async def test_outbox_mistakes(route, deliver, lifecycle, failed, hint):
+    report = await check_outbox.report(outbox_factory(route, **lifecycle), deliver)
+    assert names(report) == failed, report.text()
+    assert hint in failure_text(report), failure_text(report)
+    assert_feedback_rules(report)
+
+
+async def test_a_lifespan_that_awaits_the_worker_never_starts():
+    report = await check_outbox.report(outbox_factory(right_route, start_awaiting, cancel_and_await), worker_polling)
+    assert names(report) == ["the app starts"], report.text()
+    assert "did not finish starting" in failure_text(report)
+    assert_feedback_rules(report)
+
+
+async def test_the_checks_own_code_raises_no_warning():
+    from conftest import warnings_from_checks
+
+    assert await warnings_from_checks(
+        check_signup.report(signup_app(wrong_request_session)),
+        check_invoices.report(invoice_app, invoice_on_the_loop),
+        check_outbox.report(outbox_factory(right_route, start_task, cancel_and_await), polling(no_key)),
+    ) == []
