@@ -386,7 +386,7 @@ async def exchange(app, scope: dict, *, body=(b"",), limit_s: float = 2.0, inner
     return result
 
 
-async def time_per_request(app, scope: dict, *, n: int = 200, warmup: int = 20, limit_s: float = 10.0) -> float:
+async def time_per_request(app, scope: dict, *, n: int = 200, warmup: int = 20, limit_s: float = 5.0) -> float:
     """Seconds per request when `app` answers `scope` `n` times in a row, driven straight through
     ASGI: no client, whose own cost would hide the app's. Guarded like `exchange`; a run that
     does not finish in time raises (`DemoStopped` outside a check, TimeoutError inside one)."""

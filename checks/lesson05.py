@@ -47,12 +47,29 @@ class Backend:
     def __init__(self, low_s: float = 0.03, high_s: float = 0.08):
         self.low_s, self.high_s = low_s, high_s
         self.in_flight = InFlight()
+        self._gate: tuple[int, asyncio.Event, float] | None = None
 
     def reset(self) -> None:
         self.in_flight.reset()
+        self._gate = None
+
+    def hold_until(self, calls: int, timeout_s: float = 1.0) -> None:
+        """Make the next calls wait until `calls` of them are in flight together (or `timeout_s`
+        passed): overlap is then a fact however slow the machine, and serialised code is seen
+        exactly (its calls never meet), at the cost of one timeout."""
+        self._gate = (calls, asyncio.Event(), timeout_s)
 
     async def get(self) -> dict:
         with self.in_flight.call():
+            if self._gate is not None:
+                calls, opened, timeout_s = self._gate
+                if self.in_flight.current >= calls:
+                    opened.set()
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        await opened.wait()
+                except TimeoutError:
+                    opened.set()  # they are not coming together: let every call through now
             await asyncio.sleep(random.uniform(self.low_s, self.high_s))
         return {"rows": 3}
 
@@ -269,9 +286,13 @@ def _timing_hint(measured, backend_ms: float, client_ms: float) -> str:
     return "It is longer than the whole request took: time only the call that runs the route, in milliseconds."
 
 
-def _detail(response):
+def _field(response, name: str):
     body = json_body(response)
-    return body.get("detail") if isinstance(body, dict) else None
+    return body.get(name) if isinstance(body, dict) else None
+
+
+def _detail(response):
+    return _field(response, "detail")
 
 
 def _client_id() -> str:
@@ -365,11 +386,21 @@ async def _judge_request_context(report, app) -> bool:
         # 2. Concurrent requests: each keeps its own id (different, random latencies each run).
         theirs = [_client_id() for _ in range(5)]
         backend.reset()
-        responses = await asyncio.gather(*(client.get("/slow", headers={"X-Request-ID": rid}) for rid in theirs))
+        backend.hold_until(5)
+        with _Records() as records:
+            responses = await asyncio.gather(*(client.get("/slow", headers={"X-Request-ID": rid}) for rid in theirs))
         peak = backend.in_flight.peak
-        mixed = [f"sent {rid}: header {r.headers.get('x-request-id')!r}, route saw {(json_body(r) or {}).get('request_id')!r}"
+        backend.reset()
+        broken = next((r for r in responses if r.status_code != 200), None)
+        if broken is not None:
+            raised = _app_error(client, "/slow", records)
+            report.fail("5 requests at once answer 200", observed=f"GET /slow → {broken.status_code}"
+                        + (f": the route raised {short_error(raised)}" if raised is not None else f" {broken.text[:80]}"),
+                        expected="200 each", hint=_cause_hint(raised))
+            return False
+        mixed = [f"sent {rid}: header {r.headers.get('x-request-id')!r}, route saw {_field(r, 'request_id')!r}"
                  for rid, r in zip(theirs, responses)
-                 if r.headers.get("x-request-id") != rid or (json_body(r) or {}).get("request_id") != rid]
+                 if r.headers.get("x-request-id") != rid or _field(r, "request_id") != rid]
         report.add(
             "5 requests at once: each keeps its own X-Request-ID, and its route sees it", not mixed,
             observed="; ".join(mixed[:2]) + (f" (and {len(mixed) - 2} more)" if len(mixed) > 2 else ""),
@@ -379,7 +410,8 @@ async def _judge_request_context(report, app) -> bool:
         )
         report.add(
             "those 5 requests ran at once", peak == 5,
-            observed=f"at most {peak} of 5 calls of /slow's backend overlapped", expected="all 5 at once",
+            observed="" if peak == 5 else f"at most {peak} of 5 calls of /slow's backend were in flight at once "
+                                          "(each waited up to 1 s for the others)", expected="all 5 at once",
             hint="Middleware must not hold a lock, or block, while the route runs.",
         )
         with _Records() as records:
@@ -392,7 +424,7 @@ async def _judge_request_context(report, app) -> bool:
                         expected="200, with a new id", hint=_cause_hint(raised))
             return False
         ids = [r.headers.get("x-request-id") for r in responses]
-        seen = [(json_body(r) or {}).get("request_id") for r in responses]
+        seen = [_field(r, "request_id") for r in responses]
         fresh_ok = all(isinstance(i, str) and len(i) >= 8 for i in ids) and len(set(ids)) == 5 and ids == seen
         report.add(
             FRESH, fresh_ok,
@@ -479,8 +511,9 @@ async def check_asgi_middleware(report, lesson_app, middleware):
         observed=(f"your middleware raised {short_error(lifespan.error)} on a lifespan scope" if lifespan.error
                   else "the app never got the lifespan scope" if inner.calls == 0 else "; ".join(lifespan.violations)),
         expected="the app gets the lifespan scope, and its startup completes",
-        hint="Your middleware is called for every scope, the lifespan's too: when `scope[\"type\"] != \"http\"`, "
-             "`await self.app(scope, receive, send)` and return.",
+        hint=_cause_hint(lifespan.error) if isinstance(lifespan.error, NotImplementedError) else
+        "Your middleware is called for every scope, the lifespan's too: when `scope[\"type\"] != \"http\"`, "
+        "`await self.app(scope, receive, send)` and return.",
     ):
         return
 

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.datastructures import MutableHeaders
 from starlette.middleware.base import BaseHTTPMiddleware
 
+from checks.asgi_spec import ScriptedApp, exchange, http_scope
 from checks.lesson05 import (
     ALLOWED_ORIGIN, API_KEY, ApiKeyGuard, RequestContext, check_asgi_middleware, check_cors, check_guard,
     check_request_headers,
@@ -177,10 +178,52 @@ async def test_a_validation_error_is_reported_in_one_short_line():
     assert "\n" not in observed and "File " not in observed
 
 
-async def test_a_passing_check_writes_nothing_to_stderr(capsys):
-    report = await check_request_headers.report(lesson_app, lesson["add_request_context"])
-    assert report.passed
-    assert capsys.readouterr().err == ""
+async def test_a_passing_check_writes_no_traceback_to_stderr(capsys):
+    """A learner's `logger.exception` on a logger with no handler goes to Python's last-resort handler
+    (stderr, traceback and all) unless someone handles it: the check does, while it runs."""
+    quiet = logging.getLogger("no.handler.anywhere")
+
+    async def middleware(request, call_next):
+        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request.state.request_id = rid
+        start = time.perf_counter()
+        try:
+            response = await call_next(request)
+        except Exception:
+            quiet.exception("request %s failed", rid)
+            response = JSONResponse({"detail": "Internal Server Error"}, status_code=500)
+        response.headers["X-Request-ID"] = rid
+        response.headers["X-Process-Time"] = f"{(time.perf_counter() - start) * 1000:.1f}"
+        return response
+
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers.clear()  # as in a notebook: no handler on the root logger (pytest adds its own)
+    try:
+        report = await check_request_headers.report(lesson_app, middleware)
+    finally:
+        root.handlers[:] = saved
+    assert report.passed, report.text()
+    assert "Traceback" not in capsys.readouterr().err
+
+
+async def test_base_http_middleware_passes_stream_chunks_on_as_they_come():
+    """The fact the lesson now teaches (it used to say @app.middleware("http") buffers streams)."""
+    inner = ScriptedApp(chunks=[b"a", b"b", b"c"])
+    result = await exchange(ContextDispatch(inner), http_scope(), inner=inner)
+    assert inner.buffered == 0 and result.spec.body_chunks == [b"a", b"b", b"c"]
+    inner = ScriptedApp(chunks=[b"row 1", b"row 2"], fail_after_chunks=1)
+    result = await exchange(ContextDispatch(inner), http_scope(), inner=inner)
+    assert result.spec.ended and isinstance(result.error, Exception)  # ...but ends a failed stream as complete
+
+
+def test_the_lesson_no_longer_says_base_http_middleware_buffers():
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "solutions" / "05_middleware.ipynb"
+    prose = " ".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "markdown")
+    assert "no buffering" not in prose and "it does not" in prose
 
 
 # ---- exercise 2: pure ASGI against the spec ---------------------------------------------------------

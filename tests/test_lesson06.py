@@ -1,12 +1,18 @@
-"""Lesson 06's checks: right handlers pass; handlers that leak, lose headers or miss a case fail."""
+"""Lesson 06's checks: right handlers pass, registered any of the usual ways; handlers that leak,
+lose headers, miss a case, answer for errors that are not theirs, or lose the request id fail with
+the hint that fits."""
 
+import logging
+import sqlite3
 import traceback
 
+import pydantic
 import pytest
 from fastapi import HTTPException
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from sqlalchemy.exc import IntegrityError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from checks.lesson06 import ItemNotFound, check_catch_all, check_conflict, check_envelope, check_not_found
@@ -15,118 +21,257 @@ from conftest import assert_feedback_rules, failure_text, names, notebook_namesp
 pytestmark = pytest.mark.anyio
 lesson = notebook_namespace("06_exception_handlers")
 shop_app, error_body = lesson["shop_app"], lesson["error_body"]
+log = logging.getLogger("test.lesson06")
+log.addHandler(logging.NullHandler())
+
+NEIGHBOURS = "neighbouring errors keep their own answers"
 
 
-def handler(exc_type, make_response):
-    """An installer registering `make_response(request, exc)` for `exc_type`, the other way."""
+def handler(exc_type, make_response, sync=False):
+    """An installer registering `make_response(request, exc)` for `exc_type`, with add_exception_handler."""
     def install(app):
-        async def handle(request, exc):
-            return make_response(request, exc)
+        if sync:
+            def handle(request, exc):
+                return make_response(request, exc)
+        else:
+            async def handle(request, exc):
+                return make_response(request, exc)
         app.add_exception_handler(exc_type, handle)
     return install
 
 
+async def failing(check, *args):
+    report = await check.report(*args)
+    assert_feedback_rules(report)
+    return report
+
+
 # ---- exercise 1 --------------------------------------------------------------------------------------
 
-async def test_not_found_right_answers_pass():
-    other = handler(ItemNotFound, lambda r, e: JSONResponse(error_body("item_not_found", "no such item"), 404))
-    for install in (lesson["add_not_found"], other):
-        report = await check_not_found.report(shop_app, install)
-        assert report.passed, report.text()
+NOT_FOUND = "→ 404 item_not_found"
 
 
 @pytest.mark.parametrize("install", [
-    handler(ItemNotFound, lambda r, e: JSONResponse({"detail": str(e)}, 404)),
-    handler(ItemNotFound, lambda r, e: JSONResponse(error_body("item_not_found", str(e)), 400)),
-    handler(KeyError, lambda r, e: JSONResponse(error_body("item_not_found", "x"), 404)),
-], ids=["not the envelope", "400", "wrong exception"])
-async def test_not_found_mistakes(install):
+    lesson["add_not_found"],
+    handler(ItemNotFound, lambda r, e: JSONResponse(error_body("item_not_found", "no such item"), 404)),
+    handler(ItemNotFound, lambda r, e: JSONResponse(error_body("item_not_found", f"no item {e.item_id}",
+                                                               item_id=e.item_id), 404), sync=True),
+], ids=["the notebook's", "add_exception_handler", "a plain def, with item_id"])
+async def test_not_found_right_answers_pass(install):
     report = await check_not_found.report(shop_app, install)
-    assert names(report)[0].endswith("→ 404 item_not_found"), report.text()
-    assert_feedback_rules(report)
+    assert report.passed, report.text()
+
+
+def raises_http(request, exc):
+    raise HTTPException(404, "no such item")
+
+
+@pytest.mark.parametrize("install, neighbours, hint", [
+    (handler(ItemNotFound, lambda r, e: JSONResponse({"detail": str(e)}, 404)), False, 'not `{"detail": ...}`'),
+    (handler(ItemNotFound, lambda r, e: JSONResponse(error_body("item_not_found", str(e)), 400)), False, "status_code=404"),
+    (handler(KeyError, lambda r, e: JSONResponse(error_body("item_not_found", "x"), 404)), False,
+     "Register the handler for ItemNotFound itself"),
+    (handler(ItemNotFound, lambda r, e: JSONResponse(error_body("not_found", str(e)), 404)), False, "item_not_found"),
+    (handler(ItemNotFound, lambda r, e: JSONResponse(error_body("item_not_found", e.item_id), 404)), False,
+     "item_not_found"),
+    (handler(ItemNotFound, lambda r, e: error_body("item_not_found", str(e))), False, "not a dict, not a raise"),
+    (handler(ItemNotFound, raises_http), False, "not by raising HTTPException"),
+    (handler(ItemNotFound, lambda r, e: PlainTextResponse("item not found", 404)), False, "the envelope"),
+    (handler(ItemNotFound, lambda r, e: JSONResponse(error_body("item_not_found", "x", item_id=str(e.item_id)), 404)),
+     False, "the envelope"),
+    (handler(ItemNotFound, lambda r, e: JSONResponse({"code": "item_not_found", "message": str(e)}, 404)), False,
+     "the envelope"),
+    (handler(Exception, lambda r, e: JSONResponse(error_body("item_not_found", "no such item"), 404)), True,
+     "a handler for `Exception`"),
+], ids=["not the envelope", "400", "wrong exception", "wrong code", "message not a string", "returns a dict",
+        "raises HTTPException", "plain text", "item_id as str", "flat body", "registered for Exception"])
+async def test_not_found_mistakes(install, neighbours, hint):
+    report = await failing(check_not_found, shop_app, install)
+    if neighbours:
+        assert names(report) == [NEIGHBOURS], report.text()
+    else:
+        assert len(names(report)) == 1 and names(report)[0].endswith(NOT_FOUND), report.text()
+    assert hint in failure_text(report), failure_text(report)
 
 
 # ---- exercise 2 ----------------------------------------------------------------------------------------
 
-def envelope(http_type=StarletteHTTPException, keep_headers=True, keep_fields=True):
+INVALID = "an invalid body → 422 validation_error, each field with its loc and message"
+BROKEN = "invalid JSON → 422 validation_error"
+HTTP = "HTTP errors keep status, detail and headers: 401 WWW-Authenticate, 405 Allow, 429 Retry-After"
+UNKNOWN = "an unknown path → 404 http_404"
+
+
+def envelope(http_type=StarletteHTTPException, validation_type=RequestValidationError, keep_headers=True,
+             fields=lambda exc: [{"loc": list(e["loc"]), "message": e["msg"]} for e in exc.errors()],
+             status=lambda exc: exc.status_code, code=lambda exc: f"http_{exc.status_code}",
+             message=lambda exc: str(exc.detail), validation_status=422):
     def install(app):
-        @app.exception_handler(RequestValidationError)
+        @app.exception_handler(validation_type)
         async def invalid(request, exc):
-            fields = [{"loc": list(e["loc"]), "message": e["msg"]} for e in exc.errors()] if keep_fields else []
-            return JSONResponse(error_body("validation_error", "invalid", fields=fields), status_code=422)
+            return JSONResponse(error_body("validation_error", "invalid", fields=fields(exc)), status_code=validation_status)
 
         @app.exception_handler(http_type)
         async def http_error(request, exc):
-            return JSONResponse(error_body(f"http_{exc.status_code}", str(exc.detail)), status_code=exc.status_code,
-                                headers=exc.headers if keep_headers else None)
+            return JSONResponse(error_body(code(exc), message(exc)), status_code=status(exc),
+                                headers=getattr(exc, "headers", None) if keep_headers else None)
     return install
 
 
-async def test_envelope_right_answers_pass():
-    for install in (lesson["add_envelope"], envelope()):
-        report = await check_envelope.report(shop_app, install)
-        assert report.passed, report.text()
+@pytest.mark.parametrize("install", [
+    lesson["add_envelope"],
+    envelope(fields=lambda exc: jsonable_encoder(exc.errors())),
+    envelope(fields=lambda exc: [{"loc": [*e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]),
+], ids=["the notebook's", "raw errors(), jsonable", "loc, msg and type"])
+async def test_envelope_right_answers_pass(install):
+    report = await check_envelope.report(shop_app, install)
+    assert report.passed, report.text()
+
+
+def catch_everything(app):
+    """Validation as asked; HTTP errors "by" a handler for Exception."""
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, exc):
+        fields = [{"loc": list(e["loc"]), "message": e["msg"]} for e in exc.errors()]
+        return JSONResponse(error_body("validation_error", "invalid", fields=fields), status_code=422)
+
+    @app.exception_handler(Exception)
+    async def anything(request, exc):
+        status = getattr(exc, "status_code", 500)
+        return JSONResponse(error_body(f"http_{status}", str(exc)), status_code=status)
 
 
 @pytest.mark.parametrize("install, failed, hint", [
-    (envelope(http_type=HTTPException), "an unknown path → 404 http_404", "starlette.exceptions.HTTPException"),
-    (envelope(keep_headers=False), "an HTTPException keeps its status and its headers (401 + WWW-Authenticate)", "headers=exc.headers"),
-    (envelope(keep_fields=False), "an invalid body → 422 validation_error, with each field's loc", "`loc`"),
-], ids=["FastAPI's HTTPException only", "headers dropped", "fields dropped"])
+    (envelope(http_type=HTTPException), [HTTP, UNKNOWN], "starlette.exceptions.HTTPException"),
+    (envelope(keep_headers=False), [HTTP], "headers=exc.headers"),
+    (envelope(fields=lambda exc: []), [INVALID, BROKEN], "`loc`"),
+    (envelope(fields=lambda exc: [{"loc": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()]),
+     [INVALID, BROKEN], "`loc` as a list"),
+    (envelope(message=lambda exc: "something went wrong"), [HTTP], "the exception's own `exc.detail`"),
+    (envelope(status=lambda exc: 400), [HTTP, UNKNOWN], "Status from `exc.status_code`"),
+    (envelope(validation_type=pydantic.ValidationError), [INVALID, BROKEN], "is not what FastAPI raises"),
+    (envelope(validation_status=400), [INVALID, BROKEN], "Answer 422"),
+    (catch_everything, [HTTP, UNKNOWN, NEIGHBOURS], "never reach a handler for `Exception`"),
+    (envelope(code=lambda exc: f"http{exc.status_code}"), [HTTP, UNKNOWN], 'code `f"http_{exc.status_code}"`'),
+    (envelope(fields=lambda exc: [{"loc": list(e["loc"])} for e in exc.errors()]), [INVALID, BROKEN], "`msg`"),
+], ids=["FastAPI's HTTPException only", "headers dropped", "fields dropped", "loc as a string", "detail dropped",
+        "every HTTP error a 400", "pydantic.ValidationError", "validation as 400", "a handler for Exception",
+        "code without underscore", "no message per field"])
 async def test_envelope_mistakes(install, failed, hint):
-    report = await check_envelope.report(shop_app, install)
-    assert names(report) == [failed], report.text()
-    assert hint in failure_text(report)
-    assert_feedback_rules(report)
+    report = await failing(check_envelope, shop_app, install)
+    assert names(report) == failed, report.text()
+    assert hint in failure_text(report), failure_text(report)
 
 
 # ---- exercise 3 ------------------------------------------------------------------------------------------
 
-async def test_conflict_right_answers_pass():
-    other = handler(IntegrityError, lambda r, e: JSONResponse(error_body("conflict", "name taken"), 409))
-    for install in (lesson["add_conflict"], other):
-        report = await check_conflict.report(shop_app, install)
-        assert report.passed, report.text()
+CONFLICT = "the same name again → 409 conflict, no SQL in the body"
+
+
+def conflict_handler(exc_type, message=lambda exc: "name taken", status=409, code="conflict", sync=False):
+    return handler(exc_type, lambda r, e: JSONResponse(error_body(code, message(e)), status), sync=sync)
 
 
 @pytest.mark.parametrize("install", [
-    handler(IntegrityError, lambda r, e: JSONResponse(error_body("conflict", str(e)), 409)),
-    handler(IntegrityError, lambda r, e: JSONResponse(error_body("conflict", "taken"), 400)),
-], ids=["SQL in the message", "400"])
-async def test_conflict_mistakes(install):
+    lesson["add_conflict"],
+    conflict_handler(IntegrityError),
+    conflict_handler(IntegrityError, message=lambda exc: "an item with this name exists already", sync=True),
+], ids=["the notebook's", "add_exception_handler", "a plain def"])
+async def test_conflict_right_answers_pass(install):
     report = await check_conflict.report(shop_app, install)
-    assert names(report) == ["the same name again → 409 conflict, no SQL in the body"], report.text()
-    assert_feedback_rules(report)
+    assert report.passed, report.text()
+
+
+@pytest.mark.parametrize("install, failed, hint", [
+    (conflict_handler(IntegrityError, message=str), [CONFLICT], "Write the message yourself"),
+    (conflict_handler(IntegrityError, message=lambda exc: str(exc.orig)), [CONFLICT], "Write the message yourself"),
+    (conflict_handler(IntegrityError, status=400), [CONFLICT], "Handle sqlalchemy.exc.IntegrityError"),
+    (conflict_handler(IntegrityError, code="integrity_error"), [CONFLICT], "Handle sqlalchemy.exc.IntegrityError"),
+    (conflict_handler(sqlite3.IntegrityError), [CONFLICT], "SQLAlchemy wraps the driver's errors"),
+    (conflict_handler(SQLAlchemyError), [NEIGHBOURS], "Only IntegrityError is a conflict"),
+    (conflict_handler(DBAPIError), [NEIGHBOURS], "Only IntegrityError is a conflict"),
+    (conflict_handler(Exception), [NEIGHBOURS], "Only IntegrityError is a conflict"),
+    (handler(IntegrityError, lambda r, e: JSONResponse({"detail": "name taken"}, 409)), [CONFLICT],
+     "Handle sqlalchemy.exc.IntegrityError"),
+], ids=["str(exc)", "exc.orig", "400", "wrong code", "the driver's IntegrityError", "SQLAlchemyError",
+        "DBAPIError", "Exception", "not the envelope"])
+async def test_conflict_mistakes(install, failed, hint):
+    report = await failing(check_conflict, shop_app, install)
+    assert names(report) == failed, report.text()
+    assert hint in failure_text(report), failure_text(report)
 
 
 # ---- exercise 4 ------------------------------------------------------------------------------------------
 
-def catch_all(message, log=True):
+CRASH = "GET /crash → 500 internal_error"
+SILENT = "the 500 says nothing about the error"
+TAGGED = "the 500 carries X-Request-ID: the client's, or the one the middleware made"
+REPORTS = "another error (a missing table) → the same 500, no SQL"
+ODD = "8 odd requests: no internals in any answer"
+LOGGED = "the log holds the real error, its traceback and the request id"
+
+
+def catch_all(message=lambda exc: "Internal Server Error", log_it="with_id", header="state", status=500,
+              code="internal_error", key=Exception, sync=False):
+    def respond(request, exc):
+        rid = getattr(request.state, "request_id", "?")
+        if log_it == "with_id":
+            log.error("request %s failed", rid, exc_info=exc)
+        elif log_it == "without_id":
+            log.exception("unhandled error")
+        elif log_it == "no_traceback":
+            log.error("request %s failed: %s", rid, type(exc).__name__)
+        elif log_it == "logger.exception":
+            log.exception("request %s failed", rid)
+        headers = {"state": {"X-Request-ID": rid}, "none": None,
+                   "client": {"X-Request-ID": request.headers.get("x-request-id", "")}}[header]
+        return JSONResponse(error_body(code, message(exc)), status_code=status, headers=headers)
+
     def install(app):
-        @app.exception_handler(Exception)
-        async def internal(request, exc):
-            if log:
-                lesson["logger"].error("unhandled", exc_info=exc)
-            return JSONResponse(error_body("internal_error", message(exc)), status_code=500)
+        if sync:
+            def internal(request, exc):
+                return respond(request, exc)
+        else:
+            async def internal(request, exc):
+                return respond(request, exc)
+        app.add_exception_handler(key, internal)
     return install
 
 
-async def test_catch_all_right_answers_pass():
-    for install in (lesson["add_catch_all"], catch_all(lambda exc: "Something went wrong on our side.")):
-        report = await check_catch_all.report(shop_app, install)
-        assert report.passed, report.text()
+def catch_all_too_broad(app):
+    catch_all()(app)
+    catch_all(key=StarletteHTTPException)(app)  # "every error is ours"
 
 
-@pytest.mark.parametrize("install, failed", [
-    (catch_all(lambda exc: str(exc)), ["the 500 says nothing about the error", "8 odd requests: no internals in any answer"]),
-    (catch_all(lambda exc: "".join(traceback.format_exception(exc))), ["the 500 says nothing about the error",
-                                                                        "8 odd requests: no internals in any answer"]),
-    (catch_all(lambda exc: "Internal Server Error", log=False), ["the log holds the real error"]),
-], ids=["str(exc)", "traceback", "not logged"])
-async def test_catch_all_mistakes(install, failed):
+@pytest.mark.parametrize("install", [
+    lesson["add_catch_all"], catch_all(key=500), catch_all(sync=True), catch_all(log_it="logger.exception"),
+], ids=["the notebook's", "registered for 500", "a plain def with exc_info=exc", "logger.exception"])
+async def test_catch_all_right_answers_pass(install):
     report = await check_catch_all.report(shop_app, install)
+    assert report.passed, report.text()
+
+
+@pytest.mark.parametrize("install, failed, hint", [
+    (catch_all(message=str), [SILENT, REPORTS, ODD], "Never put `str(exc)`"),
+    (catch_all(message=lambda exc: "".join(traceback.format_exception(exc))), [SILENT, REPORTS, ODD],
+     "Never put `str(exc)`"),
+    (catch_all(message=lambda exc: f"{type(exc).__name__}"), [SILENT, REPORTS, ODD], "its type"),
+    (catch_all(log_it=None), [LOGGED], "What the client does not see, the log must"),
+    (catch_all(log_it="without_id"), [LOGGED], "Put the request id in the log line"),
+    (catch_all(log_it="no_traceback"), [LOGGED], "`logger.error(...)` alone does not"),
+    (catch_all(header="none"), [TAGGED], "outside the request-id middleware"),
+    (catch_all(header="client"), [TAGGED], "read it there"),
+    (catch_all(status=200), [CRASH], "without it a JSONResponse says 200"),
+    (catch_all(log_it="logger.exception", sync=True), [LOGGED], "Your handler is a plain `def`"),
+    (catch_all(code="error"), [CRASH], "Return `error_body"),
+    (catch_all_too_broad, [NEIGHBOURS], "register it for `Exception` only"),
+], ids=["str(exc)", "traceback", "the type's name", "not logged", "logged without the id", "logged without traceback",
+        "no X-Request-ID", "the client's header only", "status 200", "def + logger.exception", "wrong code",
+        "also for HTTPException"])
+async def test_catch_all_mistakes(install, failed, hint):
+    report = await failing(check_catch_all, shop_app, install)
     assert names(report) == failed, report.text()
-    assert_feedback_rules(report)
+    assert hint in failure_text(report), failure_text(report)
 
 
 async def test_the_checks_own_code_raises_no_warning():
@@ -134,5 +279,20 @@ async def test_the_checks_own_code_raises_no_warning():
 
     assert await warnings_from_checks(
         check_envelope.report(shop_app, envelope(keep_headers=False)),
-        check_catch_all.report(shop_app, catch_all(lambda exc: str(exc))),
+        check_catch_all.report(shop_app, catch_all(message=str)),
     ) == []
+
+
+async def test_the_catch_all_500_misses_the_request_id_unless_the_handler_adds_it():
+    """The fact lesson 06 shows: a handler for Exception runs outside the request-id middleware."""
+    from checks import serve
+
+    def guides(app):
+        @app.exception_handler(Exception)
+        async def internal(request, exc):
+            return JSONResponse(error_body("internal_error", "Internal Server Error"), status_code=500)
+
+    for install, expected in ((guides, None), (lesson["add_catch_all"], "rid-42")):
+        async with serve(shop_app(install), raise_app_exceptions=False) as client:
+            response = await client.get("/crash", headers={"X-Request-ID": "rid-42"})
+        assert response.status_code == 500 and response.headers.get("x-request-id") == expected
