@@ -1,133 +1,487 @@
 """Lesson 01, the event loop: three routes that must not block it.
 
-The services below are what the lesson's app calls; the checks read their exact
-in-flight counters, and judge stalls by ratios to one call's time measured in the same run.
+Each check sends one warm-up request, then N at once, each with its own random input, and
+judges, in this order (stopping at a broken response):
+1. every response, exactly: values and types (inputs and the services' answers change every run);
+2. "keeps the event loop free", by exact signals first:
+   - `BlockingWatch`: every `time.sleep` and every blocking call of the stand-ins (`get_blocking`,
+     `render`, `hash_password`) made on the event loop's thread, with the line that made it;
+   - `LoopSampler` (below): the loop's thread seen standing still at one instruction inside
+     learner code for at least half of one call: a wait the services cannot see (`.result()`,
+     a lock, a socket);
+   - then a clock (`LoopMonitor`), for CPU work in Python that neither sees: the longest stall
+     against half of what N calls would hold the loop for. Every yardstick comes from the check,
+     never from the answer: a sleeping service's fixed latency, or one hash timed by the check
+     itself, in a thread, before the requests;
+3. "serves requests concurrently": the service's exact in-flight counter (serialised code: 1);
+4. async calls ran on the app's event loop (not on a second loop made by `asyncio.run`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import random
+import sys
+import threading
+import time
+from dataclasses import dataclass
 
-from .harness import serve
+import anyio.to_thread
+
+from .blocking import BlockingCall, BlockingWatch, _where, blocking_call
+from .harness import _is_learner_file, describe_exception, serve
 from .observe import json_body, show_response, status_hint
 from .runner import check
 from .services import LegacyReports, PasswordHasher, SlowService, UserStore
-from .timing import ConcurrencyRun, InFlight, measure_concurrency
+from .timing import InFlight, LoopMonitor, Timeline
 
-forecast_api = SlowService("forecast", latency_s=0.1)
-legacy_reports = LegacyReports(latency_s=0.1)
+LATENCY_S = 0.1  # of the forecast service and of the reporting SDK
+
+
+class _CallsOnLoops:
+    """Records which event loop each async call ran on, and where the learner's code made it."""
+
+    def _record_loop(self) -> None:
+        self.loops.append((asyncio.get_running_loop(), _where(sys._getframe(2))))
+
+
+class LoopSampler:
+    """Looks at the event loop's thread every 2 ms from another thread, and records where it stood
+    still (the same instruction, `min_s` or longer) inside learner code: a blocking wait that
+    `BlockingWatch` cannot see, such as `Future.result()`, a lock, or a socket. A thread that only
+    waits for the GIL or for a CPU moves on within a switch interval; one that blocks does not."""
+
+    def __init__(self, min_s: float, interval_s: float = 0.002):
+        self.min_s, self.interval_s = min_s, interval_s
+        self.ident = threading.get_ident()  # made on the event loop's thread
+        self.waits: list[dict] = []  # {"where", "inside", "held_s"}, one per episode
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="course-loop-sampler", daemon=True)
+
+    def __enter__(self) -> "LoopSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1)
+
+    def _run(self) -> None:
+        last_key, since, episode = None, 0.0, None
+        while not self._stop.wait(self.interval_s):
+            now = time.perf_counter()
+            top = sys._current_frames().get(self.ident)
+            found = _stuck_where(top) if top is not None else None
+            key = (id(top), top.f_lasti, top.f_code) if found else None
+            del top
+            if key is None or key != last_key:
+                last_key, since, episode = key, now, None
+                continue
+            if now - since >= self.min_s:
+                if episode is None:
+                    episode = {"where": found[0], "inside": found[1], "held_s": 0.0}
+                    self.waits.append(episode)
+                episode["held_s"] = now - since
+
+
+_ASYNCIO_DIR = os.path.dirname(os.path.abspath(asyncio.__file__)) + os.sep
+
+
+def _stuck_where(frame):
+    """(where, the call it made) for the innermost learner frame run by the event loop (in a task
+    or callback, not around the loop), on a live stack; None if there is none."""
+    inside = None
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if frame.f_code.co_name in ("_run", "_run_once") and os.path.abspath(filename).startswith(_ASYNCIO_DIR):
+            return None  # reached the loop itself: what is further out runs the loop, not in it
+        if not filename.startswith("<frozen") and _is_learner_file(filename):
+            return _where(frame), (inside.f_code.co_qualname if inside is not None else "")
+        inside, frame = frame, frame.f_back
+    return None
+
+
+class ForecastService(_CallsOnLoops, SlowService):
+    """The forecast API: an async client and a blocking one; answers change every run (`salt`)."""
+
+    SKIES = ("sunny", "cloudy", "rain", "snow", "fog")
+
+    def __init__(self, latency_s: float = LATENCY_S):
+        super().__init__("forecast", latency_s=latency_s)
+        self.salt = 0
+        self.loops: list = []
+
+    def reset(self) -> None:
+        super().reset()
+        self.loops = []
+
+    def answer(self, city: str) -> dict:
+        code = sum(map(ord, city)) * 31 + self.salt
+        return {"city": city, "temp_c": code % 35 - 5, "sky": self.SKIES[code % len(self.SKIES)]}
+
+    async def get(self, city: str) -> dict:
+        """The async client: waits without holding the event loop."""
+        self._record_loop()
+        return await super().get(city)
+
+
+class ReportSDK(LegacyReports):
+    """A vendor SDK with no async API; its answers change every run (`salt`)."""
+
+    def __init__(self, latency_s: float = LATENCY_S):
+        super().__init__(latency_s=latency_s)
+        self.salt = 0
+
+    def answer(self, month: str) -> dict:
+        return {"month": month, "pages": (sum(map(ord, month)) * 7 + self.salt) % 40 + 3}
+
+    def render(self, month: str) -> dict:
+        blocking_call("legacy_reports.render()")
+        with self.in_flight.call():
+            time.sleep(self.latency_s)
+            return self.answer(month)
+
+
+class Users(_CallsOnLoops, UserStore):
+    """The async user store; records which event loop each `save` ran on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loops: list = []
+
+    async def save(self, email: str, password_hash: str) -> int:
+        self._record_loop()
+        return await super().save(email, password_hash)
+
+
+forecast_api = ForecastService()
+legacy_reports = ReportSDK()
 hash_password = PasswordHasher(target_s=0.2)
-user_store = UserStore()
+user_store = Users()
 
-N = 5  # requests sent at once
-# Blocking code holds the loop for every call in turn: about the sum of the N calls' times.
-# A stall over half of that sum means the loop was held; right answers stay under 0.2 of it.
+N = 5  # requests sent at once after the warm-up
+MIN_PEAK = 3  # of the N calls at once: code that serialises them never gets past 1; right answers reach N
+# A blocking call holds the loop for its whole duration: a sleeping service's latency (fixed),
+# or one hash (timed by the check, in a thread, in the same run). The sampler flags the loop's
+# thread standing still in learner code for STALL_FRACTION of one call; the clock flags a stall
+# of STALL_FRACTION of N calls. Measured margins: see the lesson's report in bench/verdicts.py.
 STALL_FRACTION = 0.5
-MIN_PEAK = 3  # of N calls in flight at once; blocking code never gets past 1
-MAX_IO_RATIO = 2.5  # total ÷ one request: ~1.05 when they overlap, ≥ 5 when they queue
 
-CITIES = ["Lisbon", "Nairobi", "Osaka", "Quito", "Tromsø", "Hobart", "Tbilisi"]
-MONTHS = ["2026-01", "2026-02", "2026-03", "2026-04", "2026-05", "2026-06"]
+CITIES = ["Lisbon", "Nairobi", "Osaka", "Quito", "Tromsø", "Hobart", "Tbilisi", "Reykjavík", "Cusco", "Hanoi"]
+MONTHS = [f"2026-{m:02d}" for m in range(1, 13)]
 
-
-def _judge_timing(report, run: ConcurrencyRun, counter: InFlight, call: str, io_bound: bool, hint: str) -> None:
-    """Judge the N concurrent requests by the service's own counter, measured in this run."""
-    concurrent_calls = counter.durations[1:]  # the first call was the warm-up request's
-    held_s = sum(concurrent_calls)  # how long the calls would hold the loop if run on it
-    limit_ms = STALL_FRACTION * held_s * 1000
-    gap_ms = run.max_gap_s * 1000
-    report.add(
-        "keeps the event loop free",
-        gap_ms < limit_ms,
-        observed=f"longest event-loop stall {gap_ms:.0f} ms while {N} requests ran",
-        expected=(
-            f"under {limit_ms:.0f} ms: half of the {held_s * 1000:.0f} ms that the {len(concurrent_calls)} "
-            f"calls to {call} took, which is how long they would hold the loop if they ran on it"
-        ),
-        hint=hint,
-    )
-    overlap = f"at most {counter.peak} of {N} calls to {call} ran at once"
-    ratio = f"{N} requests took {run.total_s * 1000:.0f} ms = {run.ratio:.1f}× one request"
-    concurrent = counter.peak >= MIN_PEAK and (run.ratio < MAX_IO_RATIO or not io_bound)
-    report.add(
-        "serves requests concurrently",
-        concurrent,
-        observed=f"{overlap}; {ratio}",
-        expected=f"at least {MIN_PEAK} at once" + (f", under {MAX_IO_RATIO}× one request" if io_bound else ""),
-        hint="Requests that wait one after another mean each one held the event loop while it worked.",
-    )
-    report.figure(f"Your {N} requests: overlapping bars are concurrent, a staircase is not", run.timeline._repr_png_)
-    # Time spent inside the learner's requests: the check's own overhead is the rest.
-    report.metrics["in_requests_s"] = run.single_s + run.total_s
+SLEEP_HINT = ("`time.sleep` holds the thread it runs on: in `async def`, or in a plain function it calls, "
+              "that is the event loop's thread, for every request. To wait there, `await asyncio.sleep(...)`.")
+HELPER_NOTE = " A plain function called from `async def` runs on the event loop's thread too."
+WAIT_HINT = ("Waiting on the event loop's thread, for a thread's result (`.result()`), a lock or a socket, holds "
+             "the loop as surely as the blocking call itself: `await` the thread's result instead "
+             "(`await asyncio.to_thread(...)`).")
+HIDDEN_STALL_HINT = ("Something in the route kept the thread busy without awaiting, most likely CPU work in Python: "
+                     "hand it to a thread and await it, or make it smaller.")
+QUEUED_HINT = ("The event loop stayed free, yet the calls ran one after another: something makes requests wait "
+               "for each other (a lock held across the call, an executor with one worker, a `Semaphore(1)`).")
+BLOCKED_QUEUE_HINT = "They queued because each request held the event loop while it worked (see above)."
+OTHER_LOOP_HINT = ("`asyncio.run` makes a second event loop in a worker thread, per request; real async clients (a "
+                   "database pool, a shared `httpx.AsyncClient`) belong to the app's loop and fail on another. "
+                   "`await` the call in an `async def` route.")
 
 
-def _first_ok(report, run: ConcurrencyRun, client, method: str, path: str, check_body) -> bool:
-    """Judge the warm-up response and all concurrent ones; False when timing is not worth judging."""
-    responses = [run.first, *run.responses]
-    for response in responses:
+@dataclass
+class Run:
+    """One warm-up request, then N at once: what came back and what was seen meanwhile."""
+
+    inputs: list  # one per request, the warm-up's first
+    responses: list  # responses, or the exceptions the requests raised
+    warm_s: float
+    total_s: float  # the N concurrent requests, first start to last end
+    stall_s: float  # longest event-loop stall during the N
+    on_loop: list[BlockingCall]  # blocking calls on the loop's thread, warm-up included
+    waits: list[dict]  # where the loop's thread stood still in learner code (LoopSampler)
+    peak: int  # most calls to the service at once, during the N
+    calls: int
+    timeline: Timeline
+
+
+def _nothing(barrier: threading.Barrier) -> None:
+    try:
+        barrier.wait(timeout=1)
+    except threading.BrokenBarrierError:
+        pass
+
+
+async def _warm_thread_pools(n: int) -> None:
+    """Start n threads in both pools, off the learner's path: starting a thread holds the loop a
+    little, and that must not be charged to the answer."""
+    anyio_barrier, asyncio_barrier = threading.Barrier(n), threading.Barrier(n)
+    await asyncio.gather(*(anyio.to_thread.run_sync(_nothing, anyio_barrier) for _ in range(n)),
+                         *(asyncio.to_thread(_nothing, asyncio_barrier) for _ in range(n)))
+
+
+async def _send(client, method: str, url_of, kwargs_of, inputs: list, counter: InFlight, title: str,
+                one_call_s: float) -> Run:
+    await _warm_thread_pools(N)
+
+    async def one(timeline: Timeline, value, label: str):
+        try:
+            return await timeline.request(client, method, url_of(value), label=label, **kwargs_of(value))
+        except Exception as exc:
+            return exc
+
+    with BlockingWatch() as watch, LoopSampler(min_s=STALL_FRACTION * one_call_s) as sampler:
+        warm = Timeline()
+        first = await one(warm, inputs[0], "warm-up")
+        counter.reset()
+        timeline = Timeline(title=title)
+        async with LoopMonitor() as monitor:
+            rest = await asyncio.gather(*(one(timeline, value, f"request {i + 1}") for i, value in enumerate(inputs[1:])))
+    return Run(inputs=inputs, responses=[first, *rest], warm_s=warm.total_s, total_s=timeline.total_s,
+               stall_s=monitor.max_gap_s, on_loop=list(watch.on_loop), waits=list(sampler.waits),
+               peak=counter.peak, calls=counter.calls, timeline=timeline)
+
+
+def _service_calls(on_loop: list[BlockingCall]) -> list[BlockingCall]:
+    """The blocking calls seen, without the `time.sleep` a stand-in service makes inside its own call."""
+    kept: list[BlockingCall] = []
+    inside_service = False  # the last call kept was a service's, and its own sleep is still to come
+    for call in on_loop:
+        is_sleep = call.what.startswith("time.sleep(")
+        if is_sleep and inside_service and kept[-1].where == call.where:
+            inside_service = False
+            continue
+        kept.append(call)
+        inside_service = not is_sleep
+    return kept
+
+
+def _describe_calls(calls: list[BlockingCall], limit: int = 2) -> str:
+    counts: dict[str, int] = {}
+    for call in calls:
+        counts[str(call)] = counts.get(str(call), 0) + 1
+    parts = [text + (f" ({count} times)" if count > 1 else "") for text, count in list(counts.items())[:limit]]
+    more = len(counts) - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def _endpoint_names(app, path_template: str) -> set[str]:
+    names = set()
+    for route in getattr(getattr(app, "router", None), "routes", []) or []:
+        if getattr(route, "path", None) == path_template and hasattr(route, "endpoint"):
+            names.add(getattr(route.endpoint, "__name__", ""))
+    return names
+
+
+def _judge_responses(report, run: Run, client, method: str, url_of, body_problem) -> bool:
+    """Every response, exactly. False (and one failed item) at the first broken one."""
+    for value, response in zip(run.inputs, run.responses):
+        path = url_of(value)
         if isinstance(response, BaseException):
-            report.fail(f"{method} {path} answers", observed=f"the request failed: {response!r}")
+            report.fail(f"{method} {path} answers", observed=f"the request failed: {describe_exception(response)}",
+                        hint="Your route raised before it could answer: read the error, fix it, run the cell again.")
             return False
         if response.status_code != 200:
             report.fail(f"{method} {path} answers 200", observed=show_response(response, client), expected="200",
-                        hint=status_hint(response, method, path, client))
+                        hint=_status_hint(response, method, path, client, run))
             return False
-        problem = check_body(response)
+        problem = body_problem(value, response)
         if problem:
-            report.fail(f"{method} {path} answers with the right body", observed=show_response(response), expected=problem,
-                        hint="Return what the task asks for; the check compares the body exactly.")
+            expected, hint = problem
+            report.fail(f"{method} {path} answers with the right body", observed=show_response(response),
+                        expected=expected, hint=hint)
             return False
-    report.add(f"{method} {path} answers 200 with the right body", True)
+    report.add(f"{len(run.inputs)} requests, each answered 200 with its own right body", True)
     return True
 
 
+def _status_hint(response, method: str, path: str, client, run: Run) -> str:
+    errors = client.errors_for(response.request.url.path)
+    text = str(errors[-1].exception) if errors else ""
+    if response.status_code >= 500 and "coroutine" in text:
+        return ("Your route returned a coroutine object, not its result: an async function runs only when it is "
+                "awaited on the event loop. A call without `await`, or one handed to a thread, never runs it.")
+    if response.status_code >= 500 and "object is not callable" in text and _service_calls(run.on_loop):
+        return ("The blocking call ran on the event loop before the thread got it: `to_thread` and "
+                "`run_in_threadpool` take the function and its arguments, separately, and call it in the thread.")
+    if response.status_code >= 500 and "cannot be called from a running event loop" in text:
+        return ("`asyncio.run` starts a new event loop, and this thread already runs one: in `async def`, just "
+                "`await` the coroutine.")
+    return status_hint(response, method, path, client)
+
+
+def _judge_loop(report, app, path_template: str, run: Run, one_call_s: float, yardstick: str,
+                blocking_hints: dict) -> bool:
+    """Exact signals first (the watch, then the sampler); the clock only for what neither sees."""
+    name = "keeps the event loop free"
+    expected = "no blocking call or wait on the event loop's thread: each runs in a worker thread"
+    calls = _service_calls(run.on_loop)
+    if calls:
+        first = calls[0]
+        hint = SLEEP_HINT if first.what.startswith("time.sleep") else blocking_hints.get(first.what, SLEEP_HINT)
+        function = first.where.split("()", 1)[0].removeprefix("in ") if first.where.startswith("in ") else ""
+        if function and function not in _endpoint_names(app, path_template) and not first.what.startswith("time.sleep"):
+            hint += HELPER_NOTE
+        return report.fail(name, observed=f"on the event loop's thread: {_describe_calls(calls)}",
+                           expected=expected, hint=hint)
+    if run.waits:
+        longest = max(run.waits, key=lambda wait: wait["held_s"])
+        inside = f" inside `{longest['inside']}()`" if longest["inside"] else ""
+        return report.fail(
+            name,
+            observed=f"the event loop's thread stood still {longest['held_s'] * 1000:.0f} ms {longest['where']}{inside}"
+                     + (f" ({len(run.waits)} times)" if len(run.waits) > 1 else ""),
+            expected=expected + f" (it stands still under {STALL_FRACTION * one_call_s * 1000:.0f} ms: "
+                                f"half of {yardstick})",
+            hint=WAIT_HINT,
+        )
+    stall_ms, limit_ms = run.stall_s * 1000, STALL_FRACTION * N * one_call_s * 1000
+    return report.add(
+        name,
+        stall_ms < limit_ms,
+        observed=(f"no blocking call ran on its thread, longest stall {stall_ms:.0f} ms" if stall_ms < limit_ms else
+                  f"the event loop stalled {stall_ms:.0f} ms while {N} requests ran, though no blocking call of "
+                  f"the services, no `time.sleep` and no wait was seen on its thread"),
+        expected=f"stalls under {limit_ms:.0f} ms: half of {N} × {yardstick}, which running the {N} calls on "
+                 f"the loop would hold it for",
+        hint=HIDDEN_STALL_HINT,
+    )
+
+
+def _judge_concurrency(report, run: Run, service: str, loop_free: bool) -> None:
+    if run.calls < N:
+        report.fail("serves requests concurrently",
+                    observed=f"only {run.calls} of the {N} requests sent at once called {service}",
+                    expected=f"each request calls {service}",
+                    hint="Ask the service for every request: an answer kept from an earlier request, or made up, "
+                         "is not what the service says now.")
+    else:
+        report.add("serves requests concurrently", run.peak >= MIN_PEAK,
+                   observed=f"at most {run.peak} of {N} calls to {service} ran at once; the {N} requests took "
+                            f"{run.total_s * 1000:.0f} ms",
+                   expected=f"at least {MIN_PEAK} at once",
+                   hint=QUEUED_HINT if loop_free else BLOCKED_QUEUE_HINT)
+    report.figure(f"Your {N} requests: overlapping bars are concurrent, a staircase is not", run.timeline._repr_png_)
+
+
+def _judge_loops(report, loops: list, app_loop, what: str) -> None:
+    elsewhere = [where for loop, where in loops if loop is not app_loop]
+    where = next((w for w in elsewhere if w), "")
+    report.add("runs async calls on the app's event loop", not elsewhere,
+               observed=(f"{len(elsewhere)} of {len(loops)} calls to {what} ran on another event loop"
+                         + (f", {where}" if where else "")) if elsewhere else f"all {len(loops)} calls to {what}",
+               expected="every call on the event loop that serves the requests",
+               hint=OTHER_LOOP_HINT)
+
+
+def _metrics(report, run: Run, extra_s: float = 0.0) -> None:
+    # Time spent inside the learner's requests (and the check's own probe): the check's overhead is the rest.
+    report.metrics["in_requests_s"] = run.warm_s + run.total_s + extra_s
+
+
+# ---- exercise 1 ---------------------------------------------------------------------------
+
 @check("Lesson 01 · GET /forecast/{city} awaits the forecast service", limit_s=10)
 async def check_forecast(report, app):
-    city = random.choice(CITIES)
-    path = f"/forecast/{city}"
-    expected = forecast_api.answer(city)
-    forecast_api.in_flight.reset()
-    async with serve(app, raise_app_exceptions=False) as client:
-        run = await measure_concurrency(client, "GET", path, n=N)
-        if _first_ok(report, run, client, "GET", path, lambda r: None if json_body(r) == expected else str(expected)):
-            _judge_timing(report, run, forecast_api.in_flight, "forecast_api", io_bound=True,
-                          hint="`get_blocking` holds the thread while it waits, and in `async def` that thread runs "
-                               "the event loop. The service also has a client you can await.")
+    forecast_api.latency_s = LATENCY_S
+    forecast_api.salt = random.randrange(1, 10_000)
+    forecast_api.reset()
+    cities = random.sample(CITIES, N + 1)
+    app_loop = asyncio.get_running_loop()
 
+    def body_problem(city, response):
+        body, expected = json_body(response), forecast_api.answer(city)
+        if body == expected:
+            return None
+        others = [c for c in CITIES if c != city and body == forecast_api.answer(c)]
+        hint = (f"That is {others[0]}'s forecast: an answer kept from another request?" if others else
+                "Return the service's answer for the city as it is (its values change every run).")
+        return str(expected), hint
+
+    async with serve(app, raise_app_exceptions=False) as client:
+        run = await _send(client, "GET", lambda c: f"/forecast/{c}", lambda c: {}, cities, forecast_api.in_flight,
+                          f"{N} × GET /forecast/... at once", LATENCY_S)
+        if not _judge_responses(report, run, client, "GET", lambda c: f"/forecast/{c}", body_problem):
+            return
+        free = _judge_loop(report, app, "/forecast/{city}", run, LATENCY_S,
+                           f"one {LATENCY_S * 1000:.0f} ms call to forecast_api",
+                           {"forecast.get_blocking()": "`get_blocking` holds the thread while it waits, and in "
+                            "`async def` that thread runs the event loop. The service also has a client you can await."})
+        _judge_concurrency(report, run, "forecast_api", free)
+        if forecast_api.loops:
+            _judge_loops(report, forecast_api.loops, app_loop, "forecast_api.get()")
+        _metrics(report, run)
+
+
+# ---- exercise 2 ---------------------------------------------------------------------------
 
 @check("Lesson 01 · GET /report/{month} keeps the blocking SDK off the loop", limit_s=10)
 async def check_report(report, app):
-    month = random.choice(MONTHS)
-    path = f"/report/{month}"
-    expected = {"month": month, "pages": len(month) + 3}
+    legacy_reports.latency_s = LATENCY_S
+    legacy_reports.salt = random.randrange(1, 10_000)
     legacy_reports.in_flight.reset()
-    async with serve(app, raise_app_exceptions=False) as client:
-        run = await measure_concurrency(client, "GET", path, n=N)
-        if _first_ok(report, run, client, "GET", path, lambda r: None if json_body(r) == expected else str(expected)):
-            _judge_timing(report, run, legacy_reports.in_flight, "legacy_reports.render()", io_bound=True,
-                          hint="The SDK has no async API, so it must not run on the event loop's thread. "
-                               "Which kind of route does FastAPI run in its thread pool?")
+    months = random.sample(MONTHS, N + 1)
 
+    def body_problem(month, response):
+        body, expected = json_body(response), legacy_reports.answer(month)
+        if body == expected:
+            return None
+        return str(expected), "Return what `legacy_reports.render(month)` returns, as it is (its values change every run)."
+
+    async with serve(app, raise_app_exceptions=False) as client:
+        run = await _send(client, "GET", lambda m: f"/report/{m}", lambda m: {}, months, legacy_reports.in_flight,
+                          f"{N} × GET /report/... at once", LATENCY_S)
+        if not _judge_responses(report, run, client, "GET", lambda m: f"/report/{m}", body_problem):
+            return
+        free = _judge_loop(report, app, "/report/{month}", run, LATENCY_S,
+                           f"one {LATENCY_S * 1000:.0f} ms call to legacy_reports.render()",
+                           {"legacy_reports.render()": "The SDK has no async API, so it must not run on the event "
+                            "loop's thread. Which kind of route does FastAPI run in its thread pool?"})
+        _judge_concurrency(report, run, "legacy_reports.render()", free)
+        _metrics(report, run)
+
+
+# ---- exercise 3 ---------------------------------------------------------------------------
 
 @check("Lesson 01 · POST /signup hashes in a thread, then awaits the store", limit_s=10)
 async def check_signup(report, app):
-    email = f"learner{random.randint(100, 999)}@example.com"
-    password = f"correct-horse-{random.randint(1000, 9999)}"
+    app_loop = asyncio.get_running_loop()
+    # The yardstick: one hash, timed by the check in a thread, before any learner code runs.
+    started = time.perf_counter()
+    await asyncio.to_thread(hash_password, f"probe-{random.random()}")
+    one_hash_s = time.perf_counter() - started
     hash_password.in_flight.reset()
     user_store.users.clear()
+    user_store.loops = []
+    tag = random.randint(100, 999)
+    signups = [{"email": f"learner{tag}-{i}@example.com", "password": f"horse-{random.randint(10**5, 10**6)}-{i}"}
+               for i in range(N + 1)]
 
-    def body_problem(response) -> str | None:
+    def body_problem(signup, response):
         body = json_body(response)
-        if not isinstance(body, dict) or body.get("email") != email or not isinstance(body.get("id"), int):
-            return f'{{"id": <int>, "email": "{email}"}}'
+        shape = f'{{"id": <int>, "email": "{signup["email"]}"}}'
+        if isinstance(body, dict) and {"password", "password_hash"} & set(body):
+            return shape, ("Never send the password or its hash back: answer exactly id and email "
+                           "(a return type such as `User` drops the rest).")
+        if not isinstance(body, dict) or set(body) != {"id", "email"} or body["email"] != signup["email"] \
+                or type(body["id"]) is not int:
+            return shape, "Answer the new user's id (an int, from `user_store.save`) and the email, nothing else."
         saved = user_store.users.get(body["id"])
-        if saved is None or saved["password_hash"] != hash_password.results.get(password):
-            return "a user saved with `await user_store.save(email, hash_password(password))`"
+        if saved is None or saved["email"] != signup["email"]:
+            return shape + f" where id is the one `user_store.save` gave {signup['email']}", \
+                "Save the user with `user_store.save(email, password_hash)` and answer the id it returns."
+        if saved["password_hash"] != hash_password.results.get(signup["password"]):
+            return "the user saved with `hash_password(password)`'s result as its hash", \
+                "Save the hash itself: an un-awaited coroutine or a hash of something else is not it."
         return None
 
     async with serve(app, raise_app_exceptions=False) as client:
-        run = await measure_concurrency(client, "POST", "/signup", n=N, json={"email": email, "password": password})
-        if _first_ok(report, run, client, "POST", "/signup", body_problem):
-            _judge_timing(report, run, hash_password.in_flight, "hash_password()", io_bound=False,
-                          hint="Hashing is CPU work: inside `async def` it holds the event loop. The route must stay "
-                               "`async def` to await the store, so hand just the hashing to a thread and await that.")
+        run = await _send(client, "POST", lambda s: "/signup", lambda s: {"json": s}, signups, hash_password.in_flight,
+                          f"{N} × POST /signup at once", one_hash_s)
+        if not _judge_responses(report, run, client, "POST", lambda s: "/signup", body_problem):
+            return
+        free = _judge_loop(report, app, "/signup", run, one_hash_s,
+                           f"one hash ({one_hash_s * 1000:.0f} ms, timed by this check in a thread)",
+                           {"hash_password()": "Hashing is CPU work: inside `async def` it holds the event loop. The "
+                            "route awaits the store, so hand just the hashing to a thread and await that."})
+        _judge_concurrency(report, run, "hash_password()", free)
+        _judge_loops(report, user_store.loops, app_loop, "user_store.save()")
+        _metrics(report, run, one_hash_s)
