@@ -1,8 +1,8 @@
 """Make the learner notebooks from the solution notebooks: the single source of the course.
 
-    python -m checks.build            # rewrite notebooks/ from solutions/
-    python -m checks.build --check    # exit 1 if notebooks/ is not what the build makes
-    python -m checks.build --reset 01 # give a learner a fresh copy of lesson 01 (old one backed up)
+    course build            # rewrite notebooks/ from solutions/ (a learner's changed copy is kept)
+    course build --check    # exit 1 if notebooks/ is not what the build makes
+    course reset 01         # a fresh copy of lesson 01 (the old one is kept in .backups/)
 
 In a code cell, the lines between `### BEGIN SOLUTION` and `### END SOLUTION` (nbgrader's
 markers) become a stub: the region's leading comment lines (the task, in words) are kept,
@@ -11,11 +11,17 @@ and the code is replaced by `# YOUR CODE HERE`, followed inside a function by
 still runs and the check reports what is missing.
 Outputs and execution counts are cleared; everything else is copied unchanged.
 Notebooks are read and written as JSON in nbformat's own layout, so the build is fast.
+
+Nothing a learner wrote is lost: each generated notebook carries a stamp (metadata
+`course.build`, a hash of the notebook itself), so a notebook whose content no longer
+matches its stamp was changed after the build — run, edited or saved by a learner — and
+is copied to `.backups/` before anything replaces it.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import sys
@@ -100,7 +106,27 @@ def learner_notebook(solution: dict, name: str = "notebook") -> dict:
         cell["outputs"] = []
         cell["execution_count"] = None
         cell.get("metadata", {}).pop("execution", None)
+    lesson = name.split("_", 1)[0] if name[:2].isdigit() else ""
+    notebook.setdefault("metadata", {})["course"] = {"lesson": lesson, "build": ""}
+    notebook["metadata"]["course"]["build"] = _stamp(notebook)
     return notebook
+
+
+def _stamp(notebook: dict) -> str:
+    """A hash of the notebook with its own stamp blanked: the same text always gives the same stamp."""
+    blank = json.loads(json.dumps(notebook))
+    blank.setdefault("metadata", {}).setdefault("course", {})["build"] = ""
+    return hashlib.sha256(dumps(blank).encode()).hexdigest()[:16]
+
+
+def as_built(text: str) -> bool:
+    """True when a notebook file is exactly what some build wrote (its stamp still matches)."""
+    try:
+        notebook = json.loads(text)
+        stamp = notebook["metadata"]["course"]["build"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return bool(stamp) and stamp == _stamp(notebook) and dumps(notebook) == text
 
 
 def dumps(notebook: dict) -> str:
@@ -117,69 +143,131 @@ def expected_files(solutions: Path = SOLUTIONS) -> dict[str, str]:
 
 
 def drift(solutions: Path = SOLUTIONS, notebooks: Path = NOTEBOOKS) -> list[str]:
-    """What differs between notebooks/ and what the build would make; empty when in sync."""
+    """What differs between notebooks/ and what the build would make; empty when in sync.
+
+    A notebook still as some build made it means solutions/ changed since (an author's drift);
+    one that no longer matches its stamp was edited after the build (a learner's work).
+    """
     expected = expected_files(solutions)
     present = {path.name for path in notebooks.glob("*.ipynb")}
-    problems = [f"{name}: missing from {notebooks.name}/" for name in sorted(set(expected) - present)]
+    problems = [f"{name}: missing from {notebooks.name}/ (run `course build`)" for name in sorted(set(expected) - present)]
     problems += [f"{name}: has no solution in {solutions.name}/" for name in sorted(present - set(expected))]
-    problems += [
-        f"{name}: differs from what the build makes of {solutions.name}/{name}"
-        for name in sorted(set(expected) & present)
-        if (notebooks / name).read_text(encoding="utf-8") != expected[name]
-    ]
+    for name in sorted(set(expected) & present):
+        text = (notebooks / name).read_text(encoding="utf-8")
+        if text == expected[name]:
+            continue
+        if as_built(text):
+            problems.append(f"{name}: {solutions.name}/{name} changed since the build: run `course build` and commit "
+                            f"{notebooks.name}/{name}")
+        else:
+            problems.append(f"{name}: edited after the build (a learner's work, or a hand edit): `course build` keeps "
+                            f"a copy in .backups/ and regenerates it; authors edit {solutions.name}/ instead")
     return problems
 
 
-def build(solutions: Path = SOLUTIONS, notebooks: Path = NOTEBOOKS) -> list[str]:
+def keep_copy(path: Path, backups: Path = BACKUPS) -> Path:
+    """Copy `path` to `backups/<stem>.<time>.ipynb` (never overwriting an earlier copy)."""
+    backups.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    backup = backups / f"{path.stem}.{stamp}{path.suffix}"
+    counter = 1
+    while backup.exists():
+        counter += 1
+        backup = backups / f"{path.stem}.{stamp}-{counter}{path.suffix}"
+    shutil.copy2(path, backup)
+    return backup
+
+
+def _write(target: Path, text: str, backups: Path) -> Path | None:
+    """Write `text` to `target`; first keep a copy of a target a learner changed. Returns the copy."""
+    backup = None
+    if target.exists():
+        old = target.read_text(encoding="utf-8")
+        if old == text:
+            return None
+        if not as_built(old):
+            backup = keep_copy(target, backups)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(target)  # atomic: an interrupted build never leaves half a notebook
+    return backup
+
+
+def build(solutions: Path = SOLUTIONS, notebooks: Path = NOTEBOOKS, backups: Path = BACKUPS) -> list[str]:
+    """Regenerate notebooks/; returns the names written. A changed notebook is kept first (printed)."""
     notebooks.mkdir(exist_ok=True)
     written = []
     for name, text in expected_files(solutions).items():
         target = notebooks / name
-        if not target.exists() or target.read_text(encoding="utf-8") != text:
-            target.write_text(text, encoding="utf-8")
-            written.append(name)
+        if target.exists() and target.read_text(encoding="utf-8") == text:
+            continue
+        backup = _write(target, text, backups)
+        if backup is not None:
+            print(f"{name} had your changes: they are kept in {_shown(backup)}")
+        written.append(name)
     return written
 
 
-def reset(lesson: str, solutions: Path = SOLUTIONS, notebooks: Path = NOTEBOOKS, backups: Path = BACKUPS) -> Path:
-    """Write a fresh learner copy of the lesson whose name starts with `lesson`; back up the old one."""
-    matches = sorted(solutions.glob(f"{lesson}*.ipynb"))
+def _shown(path: Path) -> str:
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def _lesson_file(lesson: str, solutions: Path) -> Path:
+    lesson = str(lesson).strip()
+    matches = sorted(solutions.glob(f"{lesson}*.ipynb")) if lesson else []
     if len(matches) != 1:
         names = ", ".join(p.stem for p in sorted(solutions.glob("*.ipynb")))
         raise BuildError(f"no single lesson starts with {lesson!r}; lessons: {names}")
-    target = notebooks / matches[0].name
-    if target.exists():
-        backups.mkdir(exist_ok=True)
-        backup = backups / f"{target.stem}.{time.strftime('%Y%m%d-%H%M%S')}.ipynb"
-        shutil.copy2(target, backup)
-        print(f"your previous copy is saved as {backup.relative_to(backups.parent)}")
-    target.write_text(expected_files(solutions)[matches[0].name], encoding="utf-8")
-    return target
+    return matches[0]
+
+
+def exercise_cells(notebook: dict) -> list[int]:
+    """Indexes of the cells that hold an exercise (a solution region), in order."""
+    return [i for i, cell in enumerate(notebook["cells"])
+            if cell["cell_type"] == "code" and BEGIN in _source(cell)]
+
+
+def reset(lesson: str, exercise: int | None = None, solutions: Path = SOLUTIONS, notebooks: Path = NOTEBOOKS,
+          backups: Path = BACKUPS) -> tuple[Path, Path | None]:
+    """A fresh learner copy of one lesson, or of one exercise cell in it (`exercise` counts from 1).
+
+    Returns (the notebook written, the copy kept of the old one or None).
+    """
+    source = _lesson_file(lesson, solutions)
+    fresh = learner_notebook(json.loads(source.read_text(encoding="utf-8")), source.name)
+    target = notebooks / source.name
+    if exercise is None or not target.exists():
+        if exercise is not None:
+            print(f"{_shown(target)} did not exist: the whole lesson is written fresh")
+        notebooks.mkdir(exist_ok=True)
+        return target, _write(target, dumps(fresh), backups)
+    solution = json.loads(source.read_text(encoding="utf-8"))
+    regions = exercise_cells(solution)
+    if not 1 <= exercise <= len(regions):
+        raise BuildError(f"lesson {source.stem} has exercises 1 to {len(regions)}, not {exercise}")
+    cell_id = solution["cells"][regions[exercise - 1]].get("id")
+    try:
+        mine = json.loads(target.read_text(encoding="utf-8"))
+    except ValueError:
+        raise BuildError(f"{_shown(target)} is not a readable notebook: reset the whole lesson instead") from None
+    fresh_cell = next(cell for cell in fresh["cells"] if cell.get("id") == cell_id)
+    for index, cell in enumerate(mine.get("cells", [])):
+        if cell.get("id") == cell_id:
+            mine["cells"][index] = fresh_cell
+            break
+    else:
+        raise BuildError(f"exercise {exercise}'s cell is no longer in {_shown(target)}: reset the whole lesson instead")
+    return target, _write(target, dumps(mine), backups)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m checks.build", description=__doc__.split("\n\n")[0])
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--check", action="store_true", help="report drift, write nothing")
-    group.add_argument("--reset", metavar="LESSON", help="fresh learner copy of one lesson, e.g. 01")
-    args = parser.parse_args(argv)
-    try:
-        if args.check:
-            problems = drift()
-            for problem in problems:
-                print(problem)
-            if problems:
-                print("notebooks/ is out of date: run `python -m checks.build`.")
-            return 1 if problems else 0
-        if args.reset:
-            print(f"fresh copy written: {reset(args.reset).relative_to(ROOT)}")
-            return 0
-        written = build()
-        print(f"wrote {len(written)} learner notebook(s)" + (f": {', '.join(written)}" if written else ""))
-        return 0
-    except BuildError as exc:
-        print(f"build error: {exc}", file=sys.stderr)
-        return 2
+    """`python -m course.build`: the same as `course build`."""
+    from .cli import main as cli_main
+
+    return cli_main(["build", *(argv if argv is not None else sys.argv[1:])])
 
 
 if __name__ == "__main__":

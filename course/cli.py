@@ -1,14 +1,80 @@
-"""`course`: the one command line of the course (build, reset, progress, grade)."""
+"""`course`: the one command line of the course.
+
+    course build [--check]          regenerate notebooks/ from solutions/ (changed copies are kept)
+    course reset NN [--exercise N]  a fresh copy of lesson NN, or of one exercise in it
+    course progress [NN]            which exercises pass
+    course grade FOLDER --out gradebook.csv
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
 
-from . import build
+from . import build, progress
+
+RELOAD = ("If the notebook is open in JupyterLab: File > Reload Notebook from Disk (if asked "
+          "\"File Changed\", choose Revert, not Overwrite), then Kernel > Restart Kernel.")
+
+
+def _build(args) -> int:
+    if args.check:
+        problems = build.drift()
+        for problem in problems:
+            print(problem)
+        return 1 if problems else 0
+    written = build.build()
+    print(f"wrote {len(written)} learner notebook(s)" + (f": {', '.join(written)}" if written else ""))
+    return 0
+
+
+def _reset(args) -> int:
+    target, backup = build.reset(args.lesson, args.exercise)
+    what = f"exercise {args.exercise} of {target.name}" if args.exercise else target.name
+    print(f"fresh copy of {what} written to {build._shown(target)}")
+    print(f"your previous copy is kept in {build._shown(backup)}" if backup else "(there was nothing of yours to keep)")
+    print(RELOAD)
+    return 0
+
+
+def _progress(args) -> int:
+    print(progress.table_text(args.lesson.zfill(2) if args.lesson else None))
+    return 0
+
+
+def _grade(args) -> int:
+    from . import grade
+
+    return grade.main(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="course", description="The FastAPI async course: build, reset, progress, grade.")
+    commands = top.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("build", help="regenerate notebooks/ from solutions/")
+    p.add_argument("--check", action="store_true", help="only report drift (exit 1), write nothing")
+    p.set_defaults(run=_build)
+    p = commands.add_parser("reset", help="a fresh copy of a lesson (yours is kept in .backups/)")
+    p.add_argument("lesson", help="the lesson's number, e.g. 01")
+    p.add_argument("--exercise", type=int, metavar="N", help="reset only exercise N (counting from 1)")
+    p.set_defaults(run=_reset)
+    p = commands.add_parser("progress", help="which exercises pass")
+    p.add_argument("lesson", nargs="?", help="one lesson's exercises, e.g. 01")
+    p.set_defaults(run=_progress)
+    p = commands.add_parser("grade", help="grade a folder of learners' notebooks")
+    p.add_argument("folder")
+    p.add_argument("--out", default="gradebook.csv")
+    p.set_defaults(run=_grade)
+    return top
 
 
 def main(argv: list[str] | None = None) -> int:
-    return build.main(argv)
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except build.BuildError as exc:
+        print(f"course {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

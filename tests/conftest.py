@@ -1,6 +1,19 @@
 """Shared fixtures: async tests run on asyncio through anyio's pytest plugin (it comes with Starlette)."""
 
+import atexit
+import os
+import shutil
+import tempfile
+
 import pytest
+
+# Kernels started by the tests (nbval, nbclient) inherit these: their check results go to a
+# throw-away progress file, never the learner's, and CheckFailed shows its full text.
+if not os.environ.get("COURSE_PROGRESS_FILE"):
+    _progress_dir = tempfile.mkdtemp(prefix="course-progress-")
+    atexit.register(shutil.rmtree, _progress_dir, True)
+    os.environ["COURSE_PROGRESS_FILE"] = os.path.join(_progress_dir, "progress.json")
+os.environ.setdefault("COURSE_FULL_ERRORS", "1")
 
 
 @pytest.fixture

@@ -47,6 +47,7 @@ def jupyter_env(home: Path) -> dict[str, str]:
         JUPYTERLAB_SETTINGS_DIR=str(settings),
         JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"),
     )
+    env.pop("COURSE_FULL_ERRORS", None)  # a browser test shows what a learner sees
     return env
 
 

@@ -77,27 +77,105 @@ def test_learner_notebook_clears_outputs_and_keeps_everything_else():
     assert solution["cells"][1]["outputs"], "the solution itself is not changed"
 
 
-def test_build_check_and_reset_in_a_temporary_course(tmp_path, capsys):
+def _course(tmp_path, *cells):
     solutions, notebooks, backups = tmp_path / "solutions", tmp_path / "notebooks", tmp_path / ".backups"
     solutions.mkdir()
-    (solutions / "07_demo.ipynb").write_text(json.dumps(notebook(code("### BEGIN SOLUTION\ny = 2\n### END SOLUTION"))))
-    assert build.drift(solutions, notebooks.parent / "missing") == ["07_demo.ipynb: missing from missing/"]
-    assert build.build(solutions, notebooks) == ["07_demo.ipynb"]
+    (solutions / "07_demo.ipynb").write_text(json.dumps(notebook(*cells)))
+    return solutions, notebooks, backups
+
+
+def test_build_check_and_reset_in_a_temporary_course(tmp_path):
+    solutions, notebooks, backups = _course(tmp_path, code("### BEGIN SOLUTION\ny = 2\n### END SOLUTION"))
+    assert build.drift(solutions, notebooks.parent / "missing") == ["07_demo.ipynb: missing from missing/ (run `course build`)"]
+    assert build.build(solutions, notebooks, backups) == ["07_demo.ipynb"]
     assert build.drift(solutions, notebooks) == []
-    assert build.build(solutions, notebooks) == []  # nothing to rewrite
+    assert build.build(solutions, notebooks, backups) == []  # nothing to rewrite
+    assert not backups.exists(), "nothing of a learner's was there to keep"
 
     (notebooks / "07_demo.ipynb").write_text("learner's work")
     (notebooks / "99_stray.ipynb").write_text("{}")
-    assert build.drift(solutions, notebooks) == [
-        "99_stray.ipynb: has no solution in solutions/",
-        "07_demo.ipynb: differs from what the build makes of solutions/07_demo.ipynb",
-    ]
-    fresh = build.reset("07", solutions, notebooks, backups)
+    problems = build.drift(solutions, notebooks)
+    assert problems[0] == "99_stray.ipynb: has no solution in solutions/"
+    assert problems[1].startswith("07_demo.ipynb: edited after the build (a learner's work")
+    fresh, backup = build.reset("07", solutions=solutions, notebooks=notebooks, backups=backups)
     assert "YOUR CODE HERE" in fresh.read_text()
-    (backup,) = backups.iterdir()
-    assert backup.read_text() == "learner's work"
+    assert backup.read_text() == "learner's work" and backup.parent == backups
     with pytest.raises(BuildError, match="no single lesson"):
-        build.reset("42", solutions, notebooks, backups)
+        build.reset("42", solutions=solutions, notebooks=notebooks, backups=backups)
+
+
+def test_build_keeps_a_learners_changed_notebook_and_replaces_an_old_build_silently(tmp_path, capsys):
+    solutions, notebooks, backups = _course(tmp_path, code("### BEGIN SOLUTION\ny = 2\n### END SOLUTION"))
+    build.build(solutions, notebooks, backups)
+    target = notebooks / "07_demo.ipynb"
+    # An author changes the solution: the old build output is replaced without a copy.
+    (solutions / "07_demo.ipynb").write_text(json.dumps(notebook(code("### BEGIN SOLUTION\ny = 3\n### END SOLUTION"),
+                                                                 code("print(1)"))))
+    assert build.drift(solutions, notebooks) == [
+        "07_demo.ipynb: solutions/07_demo.ipynb changed since the build: run `course build` and commit notebooks/07_demo.ipynb"]
+    assert build.build(solutions, notebooks, backups) == ["07_demo.ipynb"]
+    assert not backups.exists()
+    # A learner runs and edits it (as Jupyter saves it: same layout, other content): kept, and said where.
+    mine = json.loads(target.read_text())
+    mine["cells"][0]["source"] = "y = 'my answer'"
+    mine["cells"][0]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "hi"}]
+    target.write_text(build.dumps(mine))
+    build.build(solutions, notebooks, backups)
+    (kept,) = backups.iterdir()
+    assert "my answer" in kept.read_text() and "my answer" not in target.read_text()
+    assert f"kept in {kept}" in capsys.readouterr().out
+    # Running again keeps a second copy only if something changed again; copies never overwrite each other.
+    target.write_text(build.dumps(mine))
+    build.build(solutions, notebooks, backups)
+    assert len(list(backups.iterdir())) == 2
+
+
+def test_reset_one_exercise_keeps_the_rest_of_the_learners_notebook(tmp_path):
+    solutions, notebooks, backups = _course(
+        tmp_path,
+        code("### BEGIN SOLUTION\nx = 1\n### END SOLUTION"),
+        code("### BEGIN SOLUTION\ny = 2\n### END SOLUTION"),
+    )
+    cells = json.loads((solutions / "07_demo.ipynb").read_text())
+    cells["cells"][0]["id"], cells["cells"][1]["id"] = "first", "second"
+    (solutions / "07_demo.ipynb").write_text(json.dumps(cells))
+    build.build(solutions, notebooks, backups)
+    target = notebooks / "07_demo.ipynb"
+    mine = json.loads(target.read_text())
+    mine["cells"][0]["source"], mine["cells"][1]["source"] = "x = 'mine'", "y = 'broken'"
+    target.write_text(build.dumps(mine))
+
+    written, kept = build.reset("07", 2, solutions, notebooks, backups)
+    after = json.loads(written.read_text())
+    assert after["cells"][0]["source"] == "x = 'mine'"  # exercise 1 untouched
+    assert after["cells"][1]["source"] == "# YOUR CODE HERE"
+    assert "y = 'broken'" in kept.read_text()
+    with pytest.raises(BuildError, match="exercises 1 to 2"):
+        build.reset("07", 3, solutions, notebooks, backups)
+
+
+def test_course_command_line_build_reset_progress(tmp_path, monkeypatch, capsys):
+    from course import cli, progress
+
+    monkeypatch.setenv("COURSE_PROGRESS_FILE", str(tmp_path / "progress.json"))
+    assert cli.main(["build", "--check"]) == 0
+    assert cli.main(["reset", "42"]) == 2
+    assert "no single lesson" in capsys.readouterr().err
+    assert progress.record("lesson01.check_forecast", "Lesson 01 · GET /forecast/{city} awaits", True, 0.4)
+    assert progress.record("lesson01.check_report", "Lesson 01 · report", False, 0.4)
+    assert cli.main(["progress", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "01  ✓✗·" in out and "✓ GET /forecast/{city} awaits" in out and "· signup" in out
+
+
+def test_progress_is_never_a_reason_for_a_check_to_fail(tmp_path, monkeypatch):
+    from course import progress
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("COURSE_PROGRESS_FILE", str(blocker / "progress.json"))  # a folder that cannot exist
+    assert progress.record("lesson00.check_hello", "t", True, 0.1) is False
+    assert progress.load() == {}
 
 
 def test_notebooks_folder_is_exactly_what_the_build_makes():
