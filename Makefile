@@ -10,8 +10,18 @@ LAB_ARGS ?=
 
 .PHONY: course test chromium build bench bench-verdicts clean
 
-course: $(VENV)/.installed-lab
-	$(VENV)/bin/jupyter lab $(ROOT_FLAG) --LabApp.default_url=/lab/tree/notebooks/00_welcome.ipynb $(LAB_ARGS)
+# JupyterLab starts with the course's environment first on PATH, so `course` and `python` in
+# its terminal are the course's own.
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.json
+
+course: $(VENV)/.installed-lab $(LAB_SETTINGS)
+	@echo "==> starting JupyterLab on the welcome notebook (Ctrl+C twice to stop)"
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/jupyter lab $(ROOT_FLAG) --LabApp.default_url=/lab/tree/notebooks/00_welcome.ipynb $(LAB_ARGS)
+
+# No news pop-up over the first lesson (the same file Binder's postBuild installs).
+$(LAB_SETTINGS): binder/overrides.json $(VENV)/.installed-lab
+	@mkdir -p $(dir $@)
+	cp binder/overrides.json $@
 
 test: $(VENV)/.installed-dev chromium
 	$(PY) -m pytest tests solutions --nbval-lax -n 2 --dist loadfile
@@ -34,12 +44,15 @@ bench: $(VENV)/.installed-dev        ## seconds per notebook and per check cell
 bench-verdicts: $(VENV)/.installed-dev  ## wrong verdicts and margins of the timing checks, idle and loaded
 	$(PY) -u bench/verdicts.py --runs 50
 
+# Setup says what it does: about a minute the first time, then nothing until pyproject.toml changes.
 $(VENV)/.installed-%: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (found %s)" % sys.version.split()[0])'
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --editable '.[$*]'
-	touch $@
+	@test -x $(PY) || { echo "==> creating the course's own environment in $(VENV)/"; $(PYTHON) -m venv $(VENV); }
+	@echo "==> installing the course and its packages into $(VENV)/ ('$*' set; about a minute the first time)"
+	$(PY) -m pip install --upgrade --progress-bar off --disable-pip-version-check pip | tail -n 1
+	$(PY) -m pip install --progress-bar off --disable-pip-version-check --editable '.[$*]'
+	@touch $@
+	@echo "==> environment ready"
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,5 +1,6 @@
 """Binder builds what CI tests: the same Python, the project installed from binder/ with `-e .`."""
 
+import json
 import os
 import re
 import subprocess
@@ -53,6 +54,19 @@ def test_repo2docker_detects_the_config_and_installs_the_project():
     copy_repo = output.index("src/ ${REPO_DIR}/")
     install = output.index('pip install --no-cache-dir -r "binder/requirements.txt"')
     assert copy_repo < install, "the repository must be in place before `-e .` is installed"
+    assert install < output.index("binder/postBuild"), "postBuild runs after the install"
+
+
+def test_post_build_installs_the_lab_settings_that_make_course_uses(tmp_path):
+    # Binder and `make course` both turn off JupyterLab's news pop-up with one file.
+    settings = json.loads((BINDER / "overrides.json").read_text())
+    assert settings["@jupyterlab/apputils-extension:notification"]["fetchNews"] == "false"
+    result = subprocess.run(["bash", str(BINDER / "postBuild")], cwd=ROOT, env={**os.environ, "NB_PYTHON_PREFIX": str(tmp_path)},
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    installed = tmp_path / "share" / "jupyter" / "lab" / "settings" / "overrides.json"
+    assert json.loads(installed.read_text()) == settings
+    assert "binder/overrides.json" in (ROOT / "Makefile").read_text()
 
 
 def test_instructor_workflow_runs_nbval_with_loadfile_and_the_learner_copy_test():
