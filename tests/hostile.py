@@ -1,11 +1,13 @@
 """Hostile learner code, in real kernels (run by test_hostile_*.py, half the lessons each, so
 the two xdist workers share the work): every check cell ends, explains, and the kernel lives on.
 
-For each solution notebook, one kernel runs the notebook (its demos left out), then its check cells again in
-reverse order (same verdicts), then, for every exercise:
+For each solution notebook, one kernel runs the whole notebook (demos included), then its check
+cells again in reverse order (same verdicts), then, for every exercise:
 - the exercise with a hostile body (a busy loop, an hour's `time.sleep`, an await that never
   ends) in place of its solution: in each region inside an `async def`, in each route or
   exception handler a region defines, and as a validator added to each model a region defines;
+  then every later demo cell that uses a name the exercise defines (a demo runs learner code
+  too), which must end by itself or with `DemoStopped`, within the demos' shortened limit;
 - its check, with every app it is given started by a lifespan that hangs or raises;
 each followed by the exercise's check cell with a 1 s limit. Each check must fail with
 `CheckFailed` saying what happened; the right answer, run again afterwards, passes again; and a
@@ -35,6 +37,8 @@ HOSTILE_BODIES = {
     "time.sleep(3600)": ("import time\ntime.sleep(3600)", "stopped after 1 s: the event loop was blocked"),
     "await that never ends": ("import asyncio\nawait asyncio.Event().wait()", "still waiting after 1 s"),
 }
+DEMO = "<demo>"  # a demo after a hostile exercise: it ends, by itself or with DemoStopped / CheckFailed
+DEMO_ERRORS = {"DemoStopped", "CheckFailed"}
 HOSTILE_LIFESPANS = {
     "lifespan that hangs": ("import asyncio\nawait asyncio.Event().wait()\nyield", "still waiting after 1 s"),
     "lifespan that raises": ("raise RuntimeError('no database')\nyield",
@@ -124,28 +128,54 @@ def with_hostile_lifespan(check_source: str) -> str:
 
 def exercises(notebook) -> list[tuple[str, str, str]]:
     """(exercise source, check source, check name) for each exercise, with the check cell after it."""
+    return [(source, check_source, name) for source, check_source, name, _ in _exercises_with_demos(notebook)]
+
+
+def _defined_names(source: str) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+    return names
+
+
+def _exercises_with_demos(notebook) -> list[tuple[str, str, str, list[str]]]:
+    """As `exercises`, plus the later demo cells (not checks) that use a name the exercise defines."""
     found = []
     for index, cell in enumerate(notebook.cells):
         if cell.cell_type == "code" and BEGIN in cell.source:
             check_cell = next(c for c in notebook.cells[index + 1:] if "check" in c.metadata.get("tags", []))
             call = next(node.value for node in ast.walk(ast.parse(check_cell.source)) if isinstance(node, ast.Await))
-            found.append((cell.source, check_cell.source, call.func.id))
+            defined = _defined_names(cell.source)
+            demos = [
+                c.source for c in notebook.cells[index + 1:]
+                if c.cell_type == "code" and "check" not in c.metadata.get("tags", []) and BEGIN not in c.source
+                and awaits_at_top_level(c.source)
+                and defined & {n.id for n in ast.walk(ast.parse(c.source)) if isinstance(n, ast.Name)}
+            ]
+            found.append((cell.source, check_cell.source, call.func.id, demos))
     return found
 
 
 def hostile_cells(notebook) -> list[tuple[str, str, str]]:
     """(what, source, expected message) for the cells appended after the notebook."""
     found = exercises(notebook)
+    demos_after = {check_name: demos for _, _, check_name, demos in _exercises_with_demos(notebook)}
     # Checks run again, in reverse order and twice, give the same (passing) verdicts.
     cells = [(f"{name}: run again, out of order", source, "") for _, source, name in reversed(found) for _ in (1, 2)]
     cells.append(("helpers", HELPERS, ""))
     for exercise, check_source, check_name in found:
         cells.append(("shorten the limits", f"saved_limit = {check_name}.limit_s\n{check_name}.limit_s = {LIMIT_S}\n"
-                      f"import checks.watchdog\nchecks.watchdog.HARD_GRACE_S = {HARD_GRACE_S}", ""))
+                      f"import checks.watchdog, checks.harness\nchecks.watchdog.HARD_GRACE_S = {HARD_GRACE_S}\n"
+                      f"checks.harness.DEMO_LIMIT_S = {LIMIT_S}", ""))
         for what, (body, message) in HOSTILE_BODIES.items():
             hostile = with_hostile_body(exercise, body)
             if hostile is not None:
                 cells.append((f"{check_name}: {what} (exercise)", hostile, ""))
+                cells += [(f"{check_name}: {what}, then demo {i + 1} after it", demo, DEMO)
+                          for i, demo in enumerate(demos_after[check_name])]
                 cells.append((f"{check_name}: {what}", check_source, message))
         cells.append((f"{check_name}: the right answer (exercise)", exercise, ""))
         for what, (body, message) in HOSTILE_LIFESPANS.items():
@@ -171,20 +201,7 @@ def check_every_exercise_gets_a_hostile_body_somewhere():
 def run_hostile_code(path: Path) -> None:
     notebook = nbformat.read(path, as_version=4)
     appended = hostile_cells(notebook)
-    # The lesson's definitions and its checks; demos (cells that await at top level) are skipped,
-    # all but their imports.
-    kept = []
-    for cell in notebook.cells:
-        if cell.cell_type != "code":
-            continue
-        if "check" in cell.metadata.get("tags", []) or not awaits_at_top_level(cell.source):
-            kept.append(cell)
-        else:
-            imports = [ast.unparse(node) for node in ast.parse(cell.source).body
-                       if isinstance(node, (ast.Import, ast.ImportFrom))]
-            if imports:
-                kept.append(nbformat.v4.new_code_cell("\n".join(imports)))
-    notebook.cells = kept
+    notebook.cells = [cell for cell in notebook.cells if cell.cell_type == "code"]  # the whole lesson, demos too
     first = len(notebook.cells)
     notebook.cells += [nbformat.v4.new_code_cell(source) for _, source, _ in appended]
     NotebookClient(notebook, timeout=30, kernel_name="python3", allow_errors=True,
@@ -197,7 +214,10 @@ def run_hostile_code(path: Path) -> None:
         after = "".join(o.get("text", "") for o in cells[index + 1].outputs) if index + 1 < len(cells) else ""
         if "apps given the lifespan: 0" in after:
             message = ""  # this check is given no app (a plain function): a lifespan cannot be hostile to it
-        if message:
+        if message == DEMO:
+            if any(e.ename not in DEMO_ERRORS for e in errors):
+                problems.append(f"{what}: the demo raised {errors[0].ename}: {errors[0].evalue[:300]}")
+        elif message:
             if len(errors) != 1 or errors[0].ename != "CheckFailed" or message not in errors[0].evalue:
                 seen = [f"{e.ename}: {e.evalue[:300]}" for e in errors] or "no error"
                 problems.append(f"{what}: expected CheckFailed with {message!r}, got {seen}")
