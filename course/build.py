@@ -23,13 +23,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
-ROOT = Path(__file__).resolve().parent.parent
+# The course folder: this package's parent, or $COURSE_ROOT (tests work on a copy of the course).
+ROOT = Path(os.environ.get("COURSE_ROOT") or Path(__file__).resolve().parent.parent).resolve()
 SOLUTIONS, NOTEBOOKS, BACKUPS = ROOT / "solutions", ROOT / "notebooks", ROOT / ".backups"
 
 
