@@ -1,20 +1,25 @@
 """Lesson 02, dependencies: a session per request on real SQLite, a dependency chain,
 per-request caching and overrides.
 
-The lesson's database is a real SQLite file through aiosqlite. Sessions are counted
-(`stats`) so a check can see a session that was never closed; the checks read the
-database's real state through a connection of their own.
+The lesson's database is a real SQLite file through aiosqlite. Sessions count themselves
+(`stats`: opened, closed, which session flushed), so a check can see a session left open or
+one session shared by concurrent requests; the checks read the database's real state through
+a connection of their own. The seed users get new random API keys at every start of the app,
+so an answer that hard-codes a key fails.
 """
 
-from __future__ import annotations
-
 import asyncio
+import itertools
 import os
 import random
+import secrets
+import string
 import tempfile
+import uuid
 from contextlib import asynccontextmanager
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, HTTPException, Request
 from sqlalchemy import Boolean, ForeignKey, String, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -50,23 +55,45 @@ class Item(Base):
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
 
 
-# email, name, api key, active, admin
+# email, name, active, admin (API keys are drawn afresh at every start)
 SEED_USERS = [
-    ("ada@example.com", "Ada", "key-ada-admin", True, True),
-    ("bob@example.com", "Bob", "key-bob-user", True, False),
-    ("cyd@example.com", "Cyd", "key-cyd-inactive", False, False),
+    ("ada@example.com", "Ada", True, True),
+    ("bob@example.com", "Bob", True, False),
+    ("cyd@example.com", "Cyd", False, False),
+    ("dot@example.com", "Dot", False, True),  # an admin whose account was deactivated
 ]
 
 
 class SessionStats:
-    """How many sessions were opened and closed since the last reset."""
+    """Sessions opened and closed since the last reset, and which session each flush came from."""
 
     def __init__(self) -> None:
+        self._serials = itertools.count(1)
+        self._closed_event: asyncio.Event | None = None
         self.reset()
 
     def reset(self) -> None:
         self.opened = 0
         self.closed = 0
+        self.flushed_by: list[int] = []
+
+    def _on_close(self) -> None:
+        self.closed += 1
+        if self._closed_event is not None:
+            self._closed_event.set()
+
+    async def until_closed(self, timeout: float = 0.25) -> None:
+        """Wait (bounded, woken by each close) until every session opened so far is closed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.closed < self.opened and loop.time() < deadline:
+            self._closed_event = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._closed_event.wait(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                break
+            finally:
+                self._closed_event = None
 
 
 stats = SessionStats()
@@ -78,23 +105,32 @@ class CountingSession(AsyncSession):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._counted_closed = False
+        self.serial = next(stats._serials)
         stats.opened += 1
+
+    async def flush(self, objects=None) -> None:
+        stats.flushed_by.append(self.serial)
+        await super().flush(objects)
 
     async def close(self) -> None:
         if not self._counted_closed:
             self._counted_closed = True
-            stats.closed += 1
+            stats._on_close()
         await super().close()
 
 
+def _new_key(name: str) -> str:
+    return f"key-{name.lower()}-{secrets.token_hex(8)}"
+
+
 async def reset_database(engine) -> None:
-    """A fresh schema with the seed users: each start of the lesson's app begins the same way."""
+    """A fresh schema with the seed users (new API keys each time): each start begins the same way."""
     async with engine.begin() as connection:
         await connection.run_sync(Base.metadata.drop_all)
         await connection.run_sync(Base.metadata.create_all)
         await connection.execute(
             User.__table__.insert(),
-            [dict(email=e, name=n, api_key=k, is_active=a, is_admin=s) for e, n, k, a, s in SEED_USERS],
+            [dict(email=e, name=n, api_key=_new_key(n), is_active=a, is_admin=s) for e, n, a, s in SEED_USERS],
         )
 
 
@@ -109,13 +145,41 @@ async def database():
         await engine.dispose()
 
 
+async def _count(model, *where) -> int:
+    async with database() as db:
+        return await db.scalar(select(func.count()).select_from(model).where(*where))
+
+
+# ---- the trace of when a dependency's code runs (the lesson's demo) ---------------------------
+
+def log_response_start(app, events: list):
+    """Wrap an ASGI app: note in `events` the moment its response starts (status and headers sent)."""
+
+    async def logged_app(scope, receive, send):
+        async def logged_send(message):
+            if message["type"] == "http.response.start":
+                events.append(f"response sent ({message['status']})")
+            await send(message)
+
+        await app(scope, receive, logged_send if scope["type"] == "http" else send)
+
+    return logged_app
+
+
 # ---- per-request caching ------------------------------------------------------------------
 
-TENANTS = {"acme": {"plan": "pro", "quota": 1000}, "globex": {"plan": "free", "quota": 10}}
+TENANTS = {"acme": {"plan": "pro", "quota": 1000}, "globex": {"plan": "free", "quota": 10},
+           "initech": {"plan": "team", "quota": 250}}
+UNKNOWN_TENANT = {"plan": "none", "quota": 0}
 
 
 class Lookups:
-    calls = 0
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.calls = 0
+        self.tags: list[str] = []  # the check's tag of the request each call served
 
 
 tenant_lookups = Lookups()
@@ -124,111 +188,315 @@ tenant_lookups = Lookups()
 async def load_tenant(request: Request) -> dict:
     """An expensive lookup (think: a database or a remote call), counted."""
     tenant_lookups.calls += 1
-    await asyncio.sleep(0.005)
-    return TENANTS.get(request.headers.get("x-tenant", ""), {"plan": "none", "quota": 0})
+    tenant_lookups.tags.append(request.headers.get("x-check-tag", ""))
+    await asyncio.sleep(random.uniform(0.001, 0.008))
+    return dict(TENANTS.get(request.headers.get("x-tenant", ""), UNKNOWN_TENANT))
+
+
+class IssuedIds:
+    def __init__(self) -> None:
+        self.issued: list[str] = []
+
+
+request_ids = IssuedIds()
+
+
+async def new_request_id() -> str:
+    """A fresh id each call (recorded, so the check knows which ids it handed out)."""
+    value = uuid.uuid4().hex
+    request_ids.issued.append(value)
+    return value
+
+
+# ---- the course's own chain, for the overrides check ----------------------------------------
+
+def course_chain(get_current_user):
+    """`ActiveUser`, `AdminUser` built the course's way on top of a given `get_current_user`."""
+
+    async def active_user(user: Annotated[User, Depends(get_current_user)]) -> User:
+        if not user.is_active:
+            raise HTTPException(400, "Inactive user")
+        return user
+
+    async def admin(user: Annotated[User, Depends(active_user)]) -> User:
+        if not user.is_admin:
+            raise HTTPException(403, "Admins only")
+        return user
+
+    return Annotated[User, Depends(active_user)], Annotated[User, Depends(admin)]
 
 
 # ---- exercise 1: a session per request ------------------------------------------------------
 
-@check("Lesson 02 · get_session: commit, roll back, close, before the response", limit_s=15)
-async def check_sessions(report, app):
-    title = f"notebook-{random.randint(1000, 9999)}"
-    email = f"dee{random.randint(100, 999)}@example.com"
+CONCURRENT_REQUESTS = 8
+
+
+def _scope_of(dependency_alias):
+    """The `scope=` of the Depends inside an Annotated alias, and whether one was found."""
+    for meta in getattr(dependency_alias, "__metadata__", ()):
+        if hasattr(meta, "dependency") and hasattr(meta, "scope"):
+            return meta.scope, True
+    return None, False
+
+
+def _new_errors(client, since: int) -> list[str]:
+    return [describe_exception(error.exception) for error in client.app_errors[since:]]
+
+
+def _swallowed(errors: list[str]) -> bool:
+    return any("Response not awaited" in e or "'response' where it is not associated" in e for e in errors)
+
+
+SWALLOWED_HINT = ("The route's exception vanished inside get_session: after rolling back, re-raise it (a bare "
+                  "`raise`), so FastAPI can answer with the right status.")
+
+
+@check("Lesson 02 · get_session: one session per request, committed or rolled back before the response", limit_s=20)
+async def check_sessions(report, items_app, SessionDep=None):
+    scope, found = _scope_of(SessionDep)
+    if not found:
+        report.fail("SessionDep is Annotated[AsyncSession, Depends(get_session, ...)]",
+                    observed=f"SessionDep is {SessionDep!r}"[:200], expected="Annotated[AsyncSession, Depends(...)]",
+                    hint="Give the alias a type and the dependency: `Annotated[AsyncSession, Depends(get_session, ...)]`.")
+        return
+    app = items_app(SessionDep)
     stats.reset()
+    left_open: list[str] = []
+
+    async def closed_after(phase: str) -> None:
+        await stats.until_closed()
+        if stats.closed < stats.opened:
+            left_open.append(f"{phase}: {stats.opened - stats.closed} of {stats.opened}")
+        stats.reset()
+
+    title = f"notebook-{random.randint(1000, 9999)}"
     async with serve(app, raise_app_exceptions=False) as client:
+        # 1. success
         response = await client.post("/items", json={"title": title})
-        async with database() as db:
-            saved = await db.scalar(select(func.count()).select_from(Item).where(Item.title == title))
+        body = json_body(response)
         if response.status_code != 201:
             report.fail("POST /items answers 201", observed=show_response(response, client), expected="201",
                         hint=status_hint(response, "POST", "/items", client))
             return
+        saved = await _count(Item, Item.title == title)
         report.add(
-            "a request that succeeds is committed", saved == 1,
-            observed=f"POST /items answered 201; rows titled {title!r} in the database afterwards: {saved}",
-            expected="1 row",
+            "a request that succeeds is committed",
+            saved == 1 and isinstance(body, dict) and body.get("title") == title and type(body.get("id")) is int,
+            observed=f"POST /items answered {show_response(response)}; rows titled {title!r} afterwards: {saved}",
+            expected=f'201 {{"id": <int>, "title": "{title}"}}, and 1 row',
             hint="After the route has run without raising, commit the session the dependency yielded.",
         )
+        await closed_after("after a request that succeeded")
 
-        failing_title = title + "-failed"
-        response = await client.post("/items", params={"fail": "true"}, json={"title": failing_title})
-        async with database() as db:
-            partial = await db.scalar(select(func.count()).select_from(Item).where(Item.title == failing_title))
+        # 2. the route raises
+        crash_title = title + "-crashed"
+        before = len(client.app_errors)
+        response = await client.post("/items", params={"fail": "crash"}, json={"title": crash_title})
+        errors = _new_errors(client, before)
+        partial = await _count(Item, Item.title == crash_title)
+        if _swallowed(errors):
+            hint = SWALLOWED_HINT
+        elif partial:
+            hint = ("The row was saved although the route raised: commit only when the route succeeded; when the "
+                    "code after `yield` sees an exception, roll back and re-raise it.")
+        else:
+            hint = "Let the route's exception through get_session (roll back, then re-raise it)."
         report.add(
-            "a request that raises leaves no partial write", partial == 0 and response.status_code == 500,
-            observed=(f"POST /items?fail=true (adds a row, then raises) answered {response.status_code}; "
-                      f"its row is in the database {partial} time(s)"),
-            expected="500, and no row",
-            hint="When the code after `yield` sees an exception, roll back instead of committing, and re-raise it.",
+            "a request that raises is rolled back, and still answers 500",
+            partial == 0 and response.status_code == 500 and any("payment service down" in e for e in errors),
+            observed=(f"POST /items?fail=crash (adds a row, then raises RuntimeError) answered {response.status_code}; "
+                      f"its row is in the database {partial} time(s)" + (f"; the app raised {errors[-1]}" if errors else "")),
+            expected="500 from the route's RuntimeError, and no row",
+            hint=hint,
         )
+        await closed_after("after a route that raised")
 
+        # 3. the route refuses with an HTTPException
+        refused_title = title + "-refused"
+        before = len(client.app_errors)
+        response = await client.post("/items", params={"fail": "refused"}, json={"title": refused_title})
+        errors = _new_errors(client, before)
+        refused_rows = await _count(Item, Item.title == refused_title)
+        body = json_body(response)
+        if _swallowed(errors):
+            hint = SWALLOWED_HINT
+        elif response.status_code != 402:
+            hint = ("An HTTPException is an exception too: get_session must re-raise the very exception it caught "
+                    "(a bare `raise`), not a new one, so the client gets the route's status.")
+        else:
+            hint = "Roll back whatever exception the route raised, HTTPException included."
+        report.add(
+            "a route's HTTPException reaches the client unchanged, and nothing is saved",
+            response.status_code == 402 and body == {"detail": "payment refused"} and refused_rows == 0,
+            observed=f"POST /items?fail=refused answered {show_response(response, client)}; rows saved: {refused_rows}",
+            expected='402 {"detail": "payment refused"}, and no row',
+            hint=hint,
+        )
+        await closed_after("after a route that raised HTTPException")
+
+        # 4. the commit fails
+        email = f"dee{random.randint(100, 999)}@example.com"
         first = await client.post("/users", json={"email": email, "name": "Dee"})
+        before = len(client.app_errors)
         second = await client.post("/users", json={"email": email, "name": "Dee again"})
-        errors = [str(error.exception) for error in client.errors_for("/users")]
-        async with database() as db:
-            count = await db.scalar(select(func.count()).select_from(User).where(User.email == email))
-        late = [e for e in errors if "response already started" in e]
+        errors = _new_errors(client, before)
+        count = await _count(User, User.email == email)
+        late = any("response already started" in e for e in errors)
+        if scope is None:
+            hint = ("The code after `yield` runs, by default, after the response has been sent: by then a failing "
+                    "commit cannot change it. `help(Depends)`: which parameter decides when that code runs?")
+        elif scope == "request":
+            hint = ("scope='request' ends the dependency after the response has been sent: by then a failing "
+                    "commit cannot change it. `help(Depends)` describes the other scope.")
+        elif count == 0 and first.status_code == 201:
+            hint = "Nothing was saved at all: commit when the route has succeeded."
+        elif scope != "function":
+            hint = (f"scope={scope!r} is not a scope FastAPI knows: it accepts it silently and ends the dependency "
+                    "after the response. `help(Depends)` lists the two it knows.")
+        elif _swallowed(errors):
+            hint = SWALLOWED_HINT
+        else:
+            hint = "The commit's IntegrityError must leave get_session (roll back, re-raise) so the 409 handler sees it."
         report.add(
-            "a failing commit reaches the client (409), not after the response",
+            "a failing commit reaches the client (409), before the response",
             first.status_code == 201 and second.status_code == 409 and count == 1,
-            observed=(f"first POST /users {first.status_code}, the same email again {second.status_code}; "
+            observed=(f"first POST /users {first.status_code}, the same email again {show_response(second, client)}; "
                       f"users with that email: {count}"
-                      + ("; the commit failed after the response had been sent" if late else "")),
+                      + ("; the commit failed after the response had gone out ('response already started')" if late else "")),
             expected="201, then 409 (the unique email), 1 user",
-            hint=("With the default scope, the code after `yield` runs after the response is sent, so a failing "
-                  "commit cannot change it. `Depends(...)` takes a `scope`: which one ends the dependency first?"),
+            hint=hint,
         )
+        await closed_after("after a commit that failed")
+
+        # 5. concurrent requests
+        titles = [f"{title}-c{i}" for i in range(CONCURRENT_REQUESTS)]
+        before = len(client.app_errors)
+        responses = await asyncio.gather(*(client.post("/items", json={"title": t}) for t in titles))
+        errors = _new_errors(client, before)
+        sessions = len(set(stats.flushed_by))
+        async with database() as db:
+            rows = await db.scalar(select(func.count()).select_from(Item).where(Item.title.in_(titles)))
+        codes = sorted({r.status_code for r in responses})
+        report.add(
+            f"{CONCURRENT_REQUESTS} concurrent requests get {CONCURRENT_REQUESTS} sessions, all committed",
+            codes == [201] and sessions == CONCURRENT_REQUESTS and rows == CONCURRENT_REQUESTS,
+            observed=(f"statuses {codes}; the requests wrote through {sessions} session(s); rows saved {rows}"
+                      + (f"; first error: {errors[0]}" if errors else "")),
+            expected=f"all 201, {CONCURRENT_REQUESTS} different sessions, {CONCURRENT_REQUESTS} rows",
+            hint=("Each request had its own session, but not every row was committed: commit when the route has "
+                  "succeeded." if codes == [201] and sessions == CONCURRENT_REQUESTS else
+                  "One AsyncSession per request: open it inside get_session, at each call. A session shared by "
+                  "requests that run at once is used by two of them at the same time, which it does not allow."),
+        )
+        await closed_after(f"after {CONCURRENT_REQUESTS} concurrent requests")
+    only_errors = left_open and all("succeeded" not in phase and "concurrent" not in phase for phase in left_open)
     report.add(
-        "every session is closed", stats.opened == stats.closed and stats.opened > 0,
-        observed=f"sessions opened: {stats.opened}, closed: {stats.closed}",
-        expected="as many closed as opened",
-        hint="Open the session with `async with`, so it is closed whatever happens.",
+        "every session is closed, whatever happened", not left_open,
+        observed="sessions left open " + "; ".join(left_open) if left_open else "",
+        expected="as many closed as opened, in each case",
+        hint=("Sessions stay open when an exception passes through: `async with` (or `finally`) closes them on every "
+              "path." if only_errors else "Open the session with `async with`, so it is closed whatever happens."),
     )
 
 
 # ---- exercise 2: current user → active user → admin ------------------------------------------
 
+HINTS_401 = ("401 means 'we do not know who you are': no key, an unknown key, or a malformed header. Raise "
+             "HTTPException(401) with the header `WWW-Authenticate: Bearer`.")
+
+
+async def _seed_keys() -> dict[str, str]:
+    async with database() as db:
+        rows = (await db.execute(select(User.email, User.api_key))).all()
+    return {email: key for email, key in rows}
+
+
+def _odd_case(word: str) -> str:
+    while True:
+        cased = "".join(c.upper() if random.random() < 0.5 else c.lower() for c in word)
+        if cased != word:
+            return cased
+
+
 @check("Lesson 02 · the dependency chain: current user → active user → admin", limit_s=15)
-async def check_auth(report, app):
-    admin, user, inactive = (u[2] for u in SEED_USERS)
-    cases = [
-        ("GET", "/me", {}, 401, "no credentials"),
-        ("GET", "/me", {"Authorization": "Bearer not-a-key"}, 401, "an unknown bearer token"),
-        ("GET", "/me", {"Authorization": f"Bearer {user}"}, 200, "an active user's bearer token"),
-        ("GET", "/me", {"X-API-Key": user}, 200, "an active user's X-API-Key"),
-        ("GET", "/me", {"Authorization": f"Bearer {inactive}"}, 400, "an inactive user's token"),
-        ("GET", "/admin/stats", {"Authorization": f"Bearer {user}"}, 403, "a non-admin's token"),
-        ("GET", "/admin/stats", {"X-API-Key": admin}, 200, "an admin's key"),
-        ("GET", "/admin/stats", {}, 401, "no credentials"),
-    ]
-    hints = {
-        401: ("401 means 'we do not know who you are': no or unknown credentials. Raise HTTPException(401) "
-              "with a `WWW-Authenticate: Bearer` header."),
-        400: "The token is valid but the user is inactive: the active-user dependency answers 400.",
-        403: "403 means 'we know you, and you may not': a known user who is not an admin.",
-        200: "Look the user up by api_key, from `Authorization: Bearer <key>` or from `X-API-Key`.",
-    }
+async def check_auth(report, auth_app, ActiveUser=None, AdminUser=None):
+    app = auth_app(ActiveUser, AdminUser)
     async with serve(app, raise_app_exceptions=False) as client:
-        for method, path, headers, expected, who in cases:
-            response = await client.request(method, path, headers=headers)
-            name = f"{method} {path} with {who} → {expected}"
-            if response.status_code >= 500:  # broken code: one report of it is enough
+        keys = await _seed_keys()
+        admin, user, inactive, inactive_admin = (keys[u[0]] for u in SEED_USERS)
+        unknown = _new_key("eve")
+        bob = {"email": SEED_USERS[1][0], "name": SEED_USERS[1][1]}
+        scheme = _odd_case("Bearer")
+        me, stats_path = "/me", "/admin/stats"
+        cases = [
+            # path, headers, expected status, who, hint when it is wrong
+            (me, {}, 401, "no credentials", HINTS_401),
+            (me, {"Authorization": f"Bearer {user}"}, 200, "an active user's bearer token",
+             "Take the key from `Authorization: Bearer <key>` and find the user whose api_key equals it."),
+            (me, {"X-API-Key": user}, 200, "an active user's X-API-Key",
+             "Read the key from the X-API-Key header too (a `Header()` parameter named x_api_key)."),
+            (me, {"Authorization": f"{scheme} {user}"}, 200, f"the scheme spelled {scheme!r}",
+             "Auth schemes are case-insensitive: 'bearer' and 'Bearer' are the same (FastAPI's HTTPBearer compares "
+             "them that way). Compare the scheme without case; the key itself stays exact."),
+            (me, {"Authorization": f"Bearer {unknown}"}, 401, "an unknown bearer token", HINTS_401),
+            (me, {"Authorization": f"Basic {user}"}, 401, "the key under another scheme (Basic)",
+             "Only `Bearer` carries an API key here: check the scheme before you take the word after it."),
+            (me, {"Authorization": "Bearer"}, 401, "a Bearer header without a token",
+             "A malformed header is the client's mistake: answer 401, never crash on it."),
+            (me, {"Authorization": f"Bearer {user} {user}"}, 401, "a token followed by another word",
+             "A bearer token is one word: 'Bearer <key> <more>' is malformed, not the first word's key."),
+            (me, {"Authorization": f"Bearer {user.upper()}"}, 401, "the key in upper case",
+             "API keys are secrets compared exactly: no lower-casing, no case-insensitive match."),
+            (me, {"X-API-Key": user[:-3]}, 401, "the start of a key",
+             "Compare the whole key with `==`, not a prefix or a LIKE pattern."),
+            (me, {"X-API-Key": ""}, 401, "an empty X-API-Key", HINTS_401),
+            (me, {"X-API-Key": "' OR '1'='1"}, 401, "an X-API-Key that is SQL",
+             "Never build SQL from a header: `select(User).where(User.api_key == key)` sends the key as a value."),
+            (me, {"Authorization": f"Bearer {inactive}"}, 400, "an inactive user's token",
+             "The key is valid but the user is inactive: the active-user dependency answers 400."),
+            (stats_path, {}, 401, "no credentials", HINTS_401),
+            (stats_path, {"Authorization": f"Bearer {user}"}, 403, "a non-admin's token",
+             "403 means 'we know you, and you may not': a known, active user who is not an admin."),
+            (stats_path, {"X-API-Key": inactive_admin}, 400, "an inactive admin's key",
+             "The admin check builds on the active-user check: an inactive admin is refused (400) before "
+             "anyone asks whether they are an admin."),
+            (stats_path, {"X-API-Key": admin}, 200, "an admin's key",
+             "An active admin gets the stats: get_admin returns the user it was given."),
+        ]
+        told_header = False
+        for path, headers, expected, who, hint in cases:
+            response = await client.get(path, headers=headers)
+            name = f"GET {path} with {who} → {expected}"
+            if response.status_code >= 500:
+                errors = client.errors_for(path)
+                unfinished = bool(errors) and isinstance(errors[-1].exception, NotImplementedError)
+                hostile_input = expected == 401 and not unfinished and headers
                 report.fail(name, observed=show_response(response, client), expected=str(expected),
-                            hint=status_hint(response, method, path, client))
-                return
-            if response.status_code != expected:
-                report.fail(name, observed=show_response(response, client), expected=str(expected),
-                            hint=hints[expected])
+                            hint=(hint + " (Your code crashed on this header.)" if hostile_input
+                                  else status_hint(response, "GET", path, client)))
+                if not hostile_input:  # broken code, not a malformed header: one report of it is enough
+                    return
                 continue
-            if expected == 401 and "bearer" not in response.headers.get("www-authenticate", "").lower():
-                report.fail(name + " with WWW-Authenticate", observed=f"headers: {dict(response.headers)}",
-                            expected="WWW-Authenticate: Bearer",
-                            hint="A 401 tells the client how to authenticate: pass `headers=` to HTTPException.")
+            if response.status_code != expected:
+                report.fail(name, observed=show_response(response), expected=str(expected), hint=hint)
                 continue
             body = json_body(response)
-            if path == "/me" and expected == 200 and (not isinstance(body, dict) or body.get("email") != SEED_USERS[1][0]):
-                report.fail(name, observed=show_response(response), expected=f'{{"email": "{SEED_USERS[1][0]}", ...}}',
-                            hint="/me returns the user the token belongs to.")
+            if expected == 401 and "bearer" not in response.headers.get("www-authenticate", "").lower():
+                if not told_header:  # once is enough
+                    report.fail(name + " with WWW-Authenticate", observed=f"headers: {dict(response.headers)}",
+                                expected="WWW-Authenticate: Bearer",
+                                hint="A 401 tells the client how to authenticate, in the header `WWW-Authenticate: "
+                                     "Bearer`: pass `headers=` to HTTPException.")
+                told_header = True
+                continue
+            if path == me and expected == 200 and body != bob:
+                report.fail(name, observed=show_response(response), expected=str(bob),
+                            hint="/me returns the user the key belongs to.")
+                continue
+            if path == stats_path and expected == 200 and not (
+                    isinstance(body, dict) and type(body.get("users")) is int and body["users"] == len(SEED_USERS)):
+                report.fail(name, observed=show_response(response), expected=f'{{"users": {len(SEED_USERS)}}}',
+                            hint="An active admin gets the stats: get_admin returns the user it was given.")
                 continue
             report.add(name, True)
 
@@ -236,67 +504,259 @@ async def check_auth(report, app):
 # ---- exercise 3: per-request caching -----------------------------------------------------------
 
 @check("Lesson 02 · one lookup per request, fresh ids where asked", limit_s=10)
-async def check_caching(report, app):
-    tenant = random.choice(sorted(TENANTS))
-    tenant_lookups.calls = 0
+async def check_caching(report, usage_app):
+    tenant_lookups.reset()
+    request_ids.issued.clear()
+    app = usage_app()
+    unknown = "".join(random.choices(string.ascii_lowercase, k=8))
+    names = [random.choice(sorted(TENANTS)), unknown] + random.sample(sorted(TENANTS), len(TENANTS)) + [unknown]
+    tags = [uuid.uuid4().hex[:8] for _ in names]
+
+    def expected_for(tenant: str) -> dict:
+        return TENANTS.get(tenant, UNKNOWN_TENANT)
+
     async with serve(app, raise_app_exceptions=False) as client:
-        responses = [await client.get("/usage", headers={"X-Tenant": tenant}) for _ in range(3)]
-    first = responses[0]
-    if first.status_code != 200:
+        async def get(tenant, tag):
+            return await client.get("/usage", headers={"X-Tenant": tenant, "X-Check-Tag": tag})
+
+        # two one after the other, then the rest at once
+        responses = [await get(names[0], tags[0]), await get(names[1], tags[1])]
+        responses += await asyncio.gather(*(get(n, t) for n, t in zip(names[2:], tags[2:])))
+    first = next((r for r in responses if r.status_code != 200), None)
+    if first is not None:
         report.fail("GET /usage answers 200", observed=show_response(first, client), expected="200",
                     hint=status_hint(first, "GET", "/usage", client))
         return
-    bodies = [json_body(r) or {} for r in responses]
-    expected = TENANTS[tenant]
+    bodies = [json_body(r) if isinstance(json_body(r), dict) else {} for r in responses]
+
+    wrong = [(n, b) for n, b in zip(names, bodies)
+             if not (b.get("plan") == expected_for(n)["plan"] and type(b.get("quota")) is int
+                     and b.get("quota") == expected_for(n)["quota"])]
     report.add(
-        "plan and quota come from the tenant", all(b.get("plan") == expected["plan"] and b.get("quota") == expected["quota"] for b in bodies),
-        observed=f"first body: {bodies[0]}", expected=f"plan {expected['plan']!r}, quota {expected['quota']}",
-        hint="get_plan and get_quota both take the tenant from load_tenant.",
+        f"plan and quota come from each request's tenant ({len(names)} requests, 2 of them unknown tenants)", not wrong,
+        observed=f"X-Tenant {wrong[0][0]!r} → {wrong[0][1]}" if wrong else "",
+        expected=(f"X-Tenant {wrong[0][0]!r} → plan {expected_for(wrong[0][0])['plan']!r}, quota "
+                  f"{expected_for(wrong[0][0])['quota']} (an int)" if wrong else ""),
+        hint="get_plan and get_quota both take the tenant that load_tenant returns, and return its plan and its quota.",
     )
+
+    per_request = [tenant_lookups.tags.count(tag) for tag in tags]
+    more = [c for c in per_request if c > 1]
+    none = [c for c in per_request if c == 0]
+    if more:
+        hint = ("FastAPI calls a dependency once per request and shares its value with every dependency that needs it "
+                "— unless told otherwise, or unless you call the function yourself instead of declaring it.")
+    else:
+        hint = ("A request whose tenant was not looked up used a value kept from another request: a cache that "
+                "outlives the request. FastAPI's own cache lasts exactly one request.")
     report.add(
-        "load_tenant runs once per request", tenant_lookups.calls == len(responses),
-        observed=f"{tenant_lookups.calls} lookups for {len(responses)} requests",
-        expected=f"{len(responses)}",
-        hint=("FastAPI calls a dependency once per request and shares its value with every dependency that "
-              "needs it — unless told otherwise."),
+        "load_tenant runs exactly once in each request", not more and not none,
+        observed=f"lookups per request: {per_request}", expected=f"{[1] * len(tags)}", hint=hint,
     )
+
     ids = [b.get("ids") for b in bodies]
-    fresh = all(isinstance(i, list) and len(i) == 2 and i[0] != i[1] for i in ids)
+    shaped = all(isinstance(i, list) and len(i) == 2 and all(isinstance(x, str) for x in i) for i in ids)
+    if not shaped:
+        report.fail("each response has two ids", observed=f"ids: {ids[0]!r}", expected='"ids": ["<id>", "<id>"]',
+                    hint="Answer two values of new_request_id under `ids`.")
+        return
+    flat = [x for pair in ids for x in pair]
+    not_issued = [x for x in flat if x not in request_ids.issued]
+    same_pair = [pair for pair in ids if pair[0] == pair[1]]
+    reused = len(set(flat)) < len(flat) and not same_pair
+    if not_issued:
+        hint = "Take both ids from new_request_id, declared as a dependency, not from somewhere else."
+    elif same_pair:
+        hint = "Asking for the same dependency twice gives the cached value twice. `Depends` has a switch for that."
+    else:
+        hint = "An id made once and kept is the same in every request: each request must get new ones."
     report.add(
-        "the two request ids differ", fresh,
-        observed=f"ids: {ids[0]}", expected="two different ids in each response",
-        hint="Asking for the same dependency twice gives the cached value twice. `Depends` has a switch for that.",
+        "two different ids of new_request_id in each response, new in every request",
+        not not_issued and not same_pair and not reused,
+        observed=(f"an id new_request_id never issued: {not_issued[0]!r}" if not_issued
+                  else f"ids: {same_pair[0]}" if same_pair
+                  else f"the same id in two requests ({len(flat) - len(set(flat))} repeats)" if reused else ""),
+        expected="two different ids, both from new_request_id, in each response",
+        hint=hint,
     )
 
 
 # ---- exercise 4: overrides ---------------------------------------------------------------------
 
-@check("Lesson 02 · dependency_overrides: run as someone else, then clean up", limit_s=10)
-async def check_overrides(report, as_user, app):
-    ghost = User(id=999, email=f"ghost{random.randint(10, 99)}@example.com", name="Ghost",
-                      api_key="-", is_active=True, is_admin=True)
-    before = dict(app.dependency_overrides)
+class _Probe(Exception):
+    """Raised by the check inside an `as_user` block."""
+
+
+def _ghost(tag: str, active: bool, admin: bool) -> User:
+    return User(id=random.randint(1000, 9999), email=f"{tag}{random.randint(10, 99)}@example.com",
+                name=tag.title(), api_key="-", is_active=active, is_admin=admin)
+
+
+def _describe_overrides(overrides: dict, expected: dict, names: dict) -> str:
+    """What differs between two override dicts, in words."""
+    said = []
+    for k in set(expected) | set(overrides):
+        name = names.get(k, getattr(k, "__name__", repr(k)))
+        if k not in overrides:
+            said.append(f"{name}'s override was removed")
+        elif k not in expected:
+            said.append(f"an override of {name} was left behind" + (" (mapped to None)" if overrides[k] is None else ""))
+        elif overrides[k] is not expected[k]:
+            said.append(f"{name} now maps to something else")
+    return "; ".join(said) or "as before"
+
+
+def _outer_hint(seen, during: dict, before: dict, get_current_user, earlier_email: str) -> str:
+    """Why /me did not answer as the user given to as_user, from what the overrides held in the block."""
+    added = [k for k in during if k not in before]
+    if any(type(k).__name__ == "Depends" for k in added):
+        return ("The key of dependency_overrides is the dependency function itself (get_current_user), not a "
+                "Depends(...) object.")
+    if added and during.get(get_current_user) is before.get(get_current_user):
+        names = ", ".join(getattr(k, "__name__", repr(k)) for k in added)
+        return (f"You replaced {names}, not the first link of the chain: replace get_current_user — the function "
+                "itself — so the rules after it (active, admin) still run.")
+    if seen == (200, earlier_email) and during == before:
+        return "Nothing was overridden while the block ran: set the override before `yield`."
+    if seen[0] == 401:
+        return ("/me answered as if no override was there: map get_current_user — the function itself, not a "
+                "Depends(...) — to a function that returns the given user.")
+    return "Map get_current_user to a function (taking no arguments) that returns the user given to as_user."
+
+
+@check("Lesson 02 · dependency_overrides: run as someone else, then put things back", limit_s=10)
+async def check_overrides(report, as_user, auth_app, get_current_user=None):
+    ActiveUser, AdminUser = course_chain(get_current_user)
+    app = auth_app(ActiveUser, AdminUser)
+
+    async def unrelated_dependency():
+        return None
+
+    def unrelated_override():
+        return None
+
+    earlier = _ghost("earlier", True, False)  # an override someone installed before (a fixture, say)
+
+    def earlier_override():
+        return earlier
+
+    names = {get_current_user: "get_current_user", unrelated_dependency: "another dependency"}
+    outer, inner = _ghost("outer", True, True), _ghost("inner", False, False)
+
     async with serve(app, raise_app_exceptions=False) as client:
+        async def whoami() -> tuple[int, object]:
+            response = await client.get("/me")
+            body = json_body(response)
+            if response.status_code == 200 and isinstance(body, dict):
+                return 200, body.get("email")
+            shown = show_response(response, client)
+            return response.status_code, shown.split(" ", 1)[-1] if shown.startswith(str(response.status_code) + " ") else shown
+
+        app.dependency_overrides[get_current_user] = earlier_override
+        app.dependency_overrides[unrelated_dependency] = unrelated_override
+        before = dict(app.dependency_overrides)
+        seen: dict[str, tuple] = {}
         try:
-            with as_user(app, ghost):
-                me = await client.get("/me")
-                stats_response = await client.get("/admin/stats")
+            with as_user(app, outer):
+                during = dict(app.dependency_overrides)
+                seen["outer"] = await whoami()
+                with as_user(app, inner):
+                    seen["inner"] = await whoami()
+                seen["outer again"] = await whoami()
         except Exception as exc:
             report.fail("as_user(app, user) works as a `with` block", observed=describe_exception(exc),
-                        hint="as_user is a generator turned into a context manager: set the override, `yield`, "
-                             "then remove it.")
+                        hint=("as_user is used with `with`, not `async with`: @contextlib.contextmanager on a plain "
+                              "generator, not @asynccontextmanager." if "AsyncGeneratorContextManager" in str(exc) else
+                              "as_user is a generator turned into a context manager (@contextlib.contextmanager): "
+                              "set the override, `yield`, then put things back."))
+            return
+        after_nesting = dict(app.dependency_overrides)
+        seen["after"] = await whoami()
+
+        outer_ok = seen["outer"] == (200, outer.email)
+        if not report.add(
+            "inside the block, requests run as the given user", outer_ok,
+            observed=f"/me → {seen['outer'][0]} {seen['outer'][1]}",
+            expected=f"/me → 200 {outer.email}",
+            hint=_outer_hint(seen["outer"], during, before, get_current_user, earlier.email),
+        ):
             return
         report.add(
-            "inside the block, requests run as the given user",
-            me.status_code == 200 and (json_body(me) or {}).get("email") == ghost.email and stats_response.status_code == 200,
-            observed=f"/me → {show_response(me, client)}; /admin/stats → {stats_response.status_code}",
-            expected=f"/me → 200 with {ghost.email}, /admin/stats → 200",
-            hint="Map the dependency that finds the current user to a function that returns the given user.",
+            "the user still goes through the checks that follow (an inactive user is refused)",
+            seen["inner"][0] == 400,
+            observed=f"/me as an inactive user → {seen['inner'][0]} {seen['inner'][1]}",
+            expected="400 (the active-user check still runs)",
+            hint=("The active-user check did not run: replace only the first link of the chain, the dependency that "
+                  "finds the user, so the rules after it still apply." if seen["inner"][0] == 200 else
+                  "Map get_current_user to a function that returns the user given to as_user."),
         )
-        after = await client.get("/me")
-    report.add(
-        "after the block, the override is gone", after.status_code == 401 and app.dependency_overrides == before,
-        observed=f"/me without credentials → {after.status_code}; overrides left: {len(app.dependency_overrides)}",
-        expected="401, and the overrides as they were",
-        hint="Remove the override when the block ends, even if it ends with an exception (`try`/`finally`).",
-    )
+        report.add(
+            "a nested block gives the outer user back when it ends",
+            seen["outer again"] == (200, outer.email),
+            observed=f"/me after the inner block → {seen['outer again'][0]} {seen['outer again'][1]}",
+            expected=f"200 {outer.email}",
+            hint=("Put back what was there before the block (the outer block's override), instead of deleting it. "
+                  "Keep what you saved in the generator's own local variables."),
+        )
+        report.add(
+            "afterwards, app.dependency_overrides is as it was (an earlier override kept, others untouched)",
+            after_nesting == before and seen["after"] == (200, earlier.email),
+            observed=(f"{_describe_overrides(after_nesting, before, names)}; "
+                      f"/me → {seen['after'][0]} {seen['after'][1]}"),
+            expected=f"the same overrides; /me → 200 {earlier.email} (the earlier override)",
+            hint=("After both blocks the outer block's user is still there: what the outer block saved was "
+                  "overwritten by the inner one. Keep it in the generator's own local variables."
+                  if seen["after"][1] == outer.email else
+                  "Leave every other override alone (no clear()): restore only get_current_user's."
+                  if set(before) - set(after_nesting) - {get_current_user} else
+                  "The earlier override of get_current_user was lost: save what was there (or that nothing was) and "
+                  "put exactly that back." if get_current_user not in after_nesting else
+                  "Save what get_current_user mapped to before the block (or that nothing did) and restore exactly "
+                  "that; leave every other override alone."),
+        )
+
+        # even if the block raises (from the state the check set up, whatever the blocks above left)
+        restored_without_raising = after_nesting == before
+        app.dependency_overrides = dict(before)
+        escaped = None
+        try:
+            with as_user(app, outer):
+                raise _Probe("raised inside the block")
+        except _Probe:
+            escaped = True
+        except Exception as exc:
+            escaped = describe_exception(exc)
+        else:
+            escaped = False
+        report.add(
+            "a block that raises: the exception goes on, the overrides are put back",
+            escaped is True and dict(app.dependency_overrides) == before,
+            observed=("the exception did not leave the block (as_user swallowed it); " if escaped is False else
+                      f"as_user raised {escaped} instead; " if escaped is not True else "")
+            + _describe_overrides(dict(app.dependency_overrides), before, names),
+            expected="the exception raised to the caller, and the overrides as they were",
+            hint=("Don't catch the exception in as_user: `try: yield ... finally: restore` puts things back and lets "
+                  "it go on." if escaped is False else
+                  "Put things back in a `finally:` around the `yield`, so it runs even when the block raises."
+                  if restored_without_raising else
+                  "What is put back is not what was there (see above) — with or without an exception."),
+        )
+
+        # no earlier override: nothing may be left behind
+        before = {key: value for key, value in before.items() if key is not get_current_user}
+        app.dependency_overrides = dict(before)
+        try:
+            with as_user(app, outer):
+                pass
+        except Exception as exc:
+            report.fail("as_user works when no earlier override exists", observed=describe_exception(exc),
+                        hint="Check whether get_current_user was overridden before, instead of assuming it was.")
+            return
+        report.add(
+            "without an earlier override, none is left behind",
+            dict(app.dependency_overrides) == before,
+            observed=_describe_overrides(dict(app.dependency_overrides), before, names),
+            expected="no override of get_current_user afterwards",
+            hint=("If nothing was there before, remove the key: mapping it to None is an override too, and FastAPI "
+                  "would call None."),
+        )

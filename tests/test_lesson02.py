@@ -1,18 +1,35 @@
-"""Lesson 02's checks, against the lesson's own app code with right and wrong dependencies."""
+"""Lesson 02's checks, against the lesson's own app code with right and wrong dependencies.
 
-from contextlib import contextmanager
+Each exercise has several different right answers, which must pass, and at least eight
+realistic wrong ones, each failing at its own item with the hint about its own cause.
+"""
+
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from typing import Annotated
+from unittest import mock
 
 import pytest
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
-from sqlalchemy import select
+from fastapi import Depends, Header, HTTPException, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from checks.lesson02 import User, check_auth, check_caching, check_overrides, check_sessions, load_tenant
+from checks.lesson02 import (
+    User, check_auth, check_caching, check_overrides, check_sessions, load_tenant, new_request_id,
+)
 from conftest import assert_feedback_rules, failure_text, names, notebook_namespace
 
 pytestmark = pytest.mark.anyio
 lesson = notebook_namespace("02_dependencies")
+
+
+def assert_fails_at(report, item: str, hint: str):
+    """`item` (the start of a failed item's name) failed, with `hint` in that item's hint."""
+    failed = [i for i in report.failures if i.name.startswith(item)]
+    assert failed, report.text()
+    assert hint in failed[0].hint, report.text()
+    assert_feedback_rules(report)
 
 
 # ---- exercise 1: get_session ----------------------------------------------------------------
@@ -30,6 +47,19 @@ async def session_try_except(request: Request):
 async def session_begin(request: Request):
     async with request.state.sessionmaker() as session, session.begin():
         yield session  # `begin()` commits on success and rolls back on an exception
+
+
+async def session_try_else_finally(request: Request):
+    session = request.state.sessionmaker()
+    try:
+        yield session
+    except BaseException:
+        await session.rollback()
+        raise
+    else:
+        await session.commit()
+    finally:
+        await session.close()
 
 
 async def session_guide_style(request: Request):
@@ -56,197 +86,640 @@ async def session_never_closed(request: Request):
         raise
 
 
-def items_app(dependency, scope="function"):
-    return lesson["items_app"](Annotated[AsyncSession, Depends(dependency, scope=scope)])
+async def session_closed_on_success_only(request: Request):
+    session = request.state.sessionmaker()
+    try:
+        yield session
+        await session.commit()
+        await session.close()
+    except Exception:
+        await session.rollback()
+        raise
 
 
-@pytest.mark.parametrize("dependency", [session_try_except, session_begin])
+async def session_swallows(request: Request):
+    async with request.state.sessionmaker() as session:
+        try:
+            yield session
+            await session.commit()
+        except Exception:
+            await session.rollback()  # ...and the exception is gone
+
+
+async def session_turns_errors_into_500(request: Request):
+    async with request.state.sessionmaker() as session:
+        try:
+            yield session
+            await session.commit()
+        except Exception:
+            await session.rollback()
+            raise HTTPException(500, "database error")
+
+
+async def session_no_commit(request: Request):
+    async with request.state.sessionmaker() as session:
+        yield session  # closing discards everything
+
+
+def shared_session():
+    """One session for every request (made on first use, kept in a module-level dict)."""
+    kept = {}
+
+    async def session_shared(request: Request):
+        if "session" not in kept:
+            kept["session"] = request.state.sessionmaker()
+        session = kept["session"]
+        try:
+            yield session
+            await session.commit()
+        except Exception:
+            await session.rollback()
+            raise
+
+    return session_shared
+
+
+def session_dep(dependency, scope="function"):
+    return Annotated[AsyncSession, Depends(dependency, scope=scope)]
+
+
+async def sessions_report(dependency, scope="function"):
+    return await check_sessions.report(lesson["items_app"], SessionDep=session_dep(dependency, scope))
+
+
+@pytest.mark.parametrize("dependency", [session_try_except, session_begin, session_try_else_finally, lesson["get_session"]],
+                         ids=["try/except", "session.begin()", "try/except/else/finally", "notebook"])
 async def test_sessions_right_answers_pass(dependency):
-    report = await check_sessions.report(items_app(dependency))
+    report = await sessions_report(dependency)
     assert report.passed, report.text()
 
 
-@pytest.mark.parametrize(
-    "app, failed, hint",
-    [
-        (lambda: items_app(session_guide_style, scope="request"), ["a failing commit reaches the client (409), not after the response"], "`scope`"),
-        (lambda: items_app(session_try_except, scope="request"), ["a failing commit reaches the client (409), not after the response"], "after the response had been sent"),
-        (lambda: items_app(session_commit_in_finally), ["a request that raises leaves no partial write"], "roll back"),
-        (lambda: items_app(session_never_closed), ["every session is closed"], "async with"),
-    ],
-    ids=["guide get_db", "right body, default scope", "commit in finally", "never closed"],
-)
-async def test_sessions_wrong_answers_fail_with_their_hint(app, failed, hint):
-    report = await check_sessions.report(app())
-    assert names(report) == failed, report.text()
-    assert hint in failure_text(report)
-    assert_feedback_rules(report)
+async def test_sessions_notebook_alias_passes():
+    report = await check_sessions.report(lesson["items_app"], SessionDep=lesson["SessionDep"])
+    assert report.passed, report.text()
+
+
+LATE = "a failing commit reaches the client (409)"
+SESSIONS_WRONG = {
+    "guide get_db, default scope": (lambda: session_dep(session_guide_style, None), LATE, "`help(Depends)`"),
+    "right body, default scope": (lambda: session_dep(session_try_except, None), LATE, "after the response has been sent"),
+    "right body, scope='request'": (lambda: session_dep(session_try_except, "request"), LATE, "scope='request' ends"),
+    "scope misspelled": (lambda: session_dep(session_try_except, "functon"), LATE, "is not a scope FastAPI knows"),
+    "commit in finally": (lambda: session_dep(session_commit_in_finally), "a request that raises is rolled back",
+                          "saved although the route raised"),
+    "never closed": (lambda: session_dep(session_never_closed), "every session is closed", "async with"),
+    "closed on success only": (lambda: session_dep(session_closed_on_success_only), "every session is closed",
+                               "when an exception passes through"),
+    "swallows the exception": (lambda: session_dep(session_swallows), "a request that raises is rolled back",
+                               "re-raise it"),
+    "turns errors into HTTPException(500)": (lambda: session_dep(session_turns_errors_into_500),
+                                             "a route's HTTPException reaches the client unchanged", "very exception"),
+    "one session shared by all requests": (lambda: session_dep(shared_session()), "8 concurrent requests get 8 sessions",
+                                           "One AsyncSession per request"),
+    "no commit": (lambda: session_dep(session_no_commit), "a request that succeeds is committed", "commit"),
+    "a Depends, not an Annotated alias": (lambda: Depends(session_try_except, scope="function"),
+                                          "SessionDep is Annotated", "Annotated[AsyncSession"),
+}
+
+
+@pytest.mark.parametrize("mistake", SESSIONS_WRONG, ids=list(SESSIONS_WRONG))
+async def test_sessions_wrong_answers_fail_with_their_hint(mistake):
+    alias, item, hint = SESSIONS_WRONG[mistake]
+    report = await check_sessions.report(lesson["items_app"], SessionDep=alias())
+    assert_fails_at(report, item, hint)
+
+
+async def test_sessions_default_scope_says_the_commit_came_after_the_response():
+    report = await sessions_report(session_try_except, None)
+    assert names(report) == [LATE + ", before the response"], report.text()
+    assert "'response already started'" in report.failures[0].observed
+
+
+async def test_sessions_swallowed_commit_error_is_told_apart():
+    report = await sessions_report(session_swallows)
+    late = [i for i in report.failures if i.name.startswith(LATE)]
+    assert late and "IntegrityError must leave get_session" in late[0].hint, report.text()
 
 
 # ---- exercise 2: the chain --------------------------------------------------------------------
 
-SessionDep = Annotated[AsyncSession, Depends(session_try_except, scope="function")]
+SessionDep = session_dep(session_try_except)
 
 
-async def user_by_key(session, key):
+def bearer_partition(authorization, x_api_key):
+    key = x_api_key
+    if authorization is not None:
+        scheme, _, token = authorization.partition(" ")
+        key = token if scheme.lower() == "bearer" else None
+    return key
+
+
+def bearer_case_sensitive(authorization, x_api_key):
+    if authorization and authorization.startswith("Bearer "):
+        return authorization.removeprefix("Bearer ")
+    return x_api_key
+
+
+def last_word(authorization, x_api_key):
+    return authorization.split()[-1] if authorization else x_api_key
+
+
+def second_word(authorization, x_api_key):
+    return authorization.split()[1] if authorization else x_api_key  # IndexError on "Bearer"
+
+
+def bearer_only(authorization, x_api_key):
+    return bearer_partition(authorization, None)
+
+
+async def exact(session, key):
     return await session.scalar(select(User).where(User.api_key == key)) if key else None
 
 
-def make_auth_app(current_user_status=401, www_authenticate=True, inactive_status=400, admin_status=403,
-                  read_api_key=True):
+async def any_case(session, key):
+    return await session.scalar(select(User).where(func.lower(User.api_key) == key.lower())) if key else None
+
+
+async def prefix(session, key):
+    return await session.scalar(select(User).where(User.api_key.startswith(key))) if key else None
+
+
+async def sql_from_header(session, key):
+    if not key:
+        return None
+    statement = select(User).from_statement(text(f"SELECT * FROM users WHERE api_key = '{key}'"))
+    return (await session.scalars(statement)).first()
+
+
+def chain(extract=bearer_partition, lookup=exact, unknown=401, www_authenticate=True, inactive=400, not_admin=403,
+          admin_on=None, sync=False):
+    """ActiveUser and AdminUser aliases of a chain built with the given parts."""
+
     async def get_current_user(session: SessionDep, authorization: Annotated[str | None, Header()] = None,
-                               x_api_key: Annotated[str | None, Header()] = None):
-        key = x_api_key if read_api_key else None
-        if authorization and authorization.startswith("Bearer "):
-            key = authorization.removeprefix("Bearer ")
-        user = await user_by_key(session, key)
+                               x_api_key: Annotated[str | None, Header()] = None) -> User:
+        user = await lookup(session, extract(authorization, x_api_key))
         if user is None:
             headers = {"WWW-Authenticate": "Bearer"} if www_authenticate else None
-            raise HTTPException(current_user_status, "Not authenticated", headers=headers)
+            raise HTTPException(unknown, "Not authenticated", headers=headers)
         return user
 
-    async def get_active_user(user: Annotated[User, Depends(get_current_user)]):
-        if not user.is_active:
-            raise HTTPException(inactive_status, "Inactive user")
-        return user
+    if sync:
+        def get_active_user(user: Annotated[User, Depends(get_current_user)]) -> User:
+            if not user.is_active:
+                raise HTTPException(inactive, "Inactive user")
+            return user
+    else:
+        async def get_active_user(user: Annotated[User, Depends(get_current_user)]) -> User:
+            if not user.is_active:
+                raise HTTPException(inactive, "Inactive user")
+            return user
 
-    async def get_admin(user: Annotated[User, Depends(get_active_user)]):
+    base = get_current_user if admin_on == "current" else get_active_user
+
+    def get_admin(user: Annotated[User, Depends(base)]) -> User:
         if not user.is_admin:
-            raise HTTPException(admin_status, "Admins only")
+            raise HTTPException(not_admin, "Admins only")
         return user
 
-    app = FastAPI(lifespan=lesson["lifespan"])
-
-    @app.get("/me")
-    async def me(user: Annotated[User, Depends(get_active_user)]):
-        return {"email": user.email}
-
-    @app.get("/admin/stats")
-    async def admin_stats(admin: Annotated[User, Depends(get_admin)]):
-        return {"ok": True}
-
-    app.state.get_current_user = get_current_user
-    return app
+    return dict(ActiveUser=Annotated[User, Depends(get_active_user)], AdminUser=Annotated[User, Depends(get_admin)])
 
 
-async def test_auth_right_answers_pass():
-    for app in (make_auth_app(), lesson["auth_app"]):
-        report = await check_auth.report(app)
-        assert report.passed, report.text()
+def security_chain():
+    """A right answer with FastAPI's security helpers (auto_error off: the chain decides)."""
+    bearer = HTTPBearer(auto_error=False)
+    api_key = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+    async def get_current_user(session: SessionDep,
+                               credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+                               key: Annotated[str | None, Security(api_key)]) -> User:
+        if credentials is not None:
+            key = credentials.credentials
+        user = await exact(session, key)
+        if user is None:
+            raise HTTPException(401, "Not authenticated", headers={"WWW-Authenticate": "Bearer"})
+        return user
+
+    def get_active_user(user: Annotated[User, Depends(get_current_user)]) -> User:
+        if not user.is_active:
+            raise HTTPException(400, "Inactive user")
+        return user
+
+    def get_admin(user: Annotated[User, Depends(get_active_user)]) -> User:
+        if not user.is_admin:
+            raise HTTPException(403, "Admins only")
+        return user
+
+    return dict(ActiveUser=Annotated[User, Depends(get_active_user)], AdminUser=Annotated[User, Depends(get_admin)])
+
+
+def scheme_param_extract(authorization, x_api_key):
+    scheme, token = get_authorization_scheme_param(authorization)
+    if authorization is None:
+        return x_api_key
+    return token if scheme.lower() == "bearer" and " " not in token else None
 
 
 @pytest.mark.parametrize(
-    "options, hint",
-    [
-        (dict(current_user_status=403), "401 means"),
-        (dict(www_authenticate=False), "WWW-Authenticate"),
-        (dict(admin_status=401), "403 means"),
-        (dict(inactive_status=403), "inactive"),
-        (dict(read_api_key=False), "X-API-Key"),
-    ],
-    ids=["403 for no credentials", "no WWW-Authenticate", "401 for a non-admin", "403 for inactive", "ignores X-API-Key"],
+    "aliases",
+    [lambda: dict(ActiveUser=lesson["ActiveUser"], AdminUser=lesson["AdminUser"]), chain, lambda: chain(sync=True),
+     security_chain, lambda: chain(extract=scheme_param_extract, sync=True)],
+    ids=["notebook", "partition", "def chain", "HTTPBearer + APIKeyHeader", "get_authorization_scheme_param"],
 )
-async def test_auth_wrong_answers_fail_with_their_hint(options, hint):
-    report = await check_auth.report(make_auth_app(**options))
-    assert hint in failure_text(report), report.text()
-    assert_feedback_rules(report)
+async def test_auth_right_answers_pass(aliases):
+    report = await check_auth.report(lesson["auth_app"], **aliases())
+    assert report.passed, report.text()
+
+
+AUTH_WRONG = {
+    "403 for no credentials": (dict(unknown=403), "GET /me with no credentials", "401 means"),
+    "no WWW-Authenticate": (dict(www_authenticate=False), "GET /me with no credentials → 401 with WWW", "WWW-Authenticate"),
+    "401 for a non-admin": (dict(not_admin=401), "GET /admin/stats with a non-admin's token", "403 means"),
+    "403 for an inactive user": (dict(inactive=403), "GET /me with an inactive user's token", "inactive"),
+    "ignores X-API-Key": (dict(extract=bearer_only), "GET /me with an active user's X-API-Key", "X-API-Key"),
+    "scheme compared with case": (dict(extract=bearer_case_sensitive), "GET /me with the scheme spelled",
+                                  "case-insensitive"),
+    "the last word, whatever the scheme": (dict(extract=last_word), "GET /me with the key under another scheme",
+                                           "Only `Bearer`"),
+    "the second word": (dict(extract=second_word), "GET /me with a Bearer header without a token", "crashed"),
+    "keys compared without case": (dict(lookup=any_case), "GET /me with the key in upper case", "compared exactly"),
+    "a prefix match": (dict(lookup=prefix), "GET /me with the start of a key", "whole key"),
+    "SQL built from the header": (dict(lookup=sql_from_header), "GET /me with an X-API-Key that is SQL",
+                                  "Never build SQL"),
+    "admin check skips the active check": (dict(admin_on="current"), "GET /admin/stats with an inactive admin's key",
+                                           "builds on the active-user check"),
+}
+
+
+@pytest.mark.parametrize("mistake", AUTH_WRONG, ids=list(AUTH_WRONG))
+async def test_auth_wrong_answers_fail_with_their_hint(mistake):
+    options, item, hint = AUTH_WRONG[mistake]
+    report = await check_auth.report(lesson["auth_app"], **chain(**options))
+    assert_fails_at(report, item, hint)
+
+
+async def test_auth_the_second_word_also_accepts_a_malformed_token():
+    report = await check_auth.report(lesson["auth_app"], **chain(extract=second_word))
+    assert_fails_at(report, "GET /me with a token followed by another word", "one word")
+
+
+async def test_auth_an_unfinished_chain_is_reported_once():
+    def unfinished(user: Annotated[User, Depends(lesson["get_current_user"])]) -> User:
+        raise NotImplementedError("this exercise is not written yet")
+
+    alias = Annotated[User, Depends(unfinished)]
+    report = await check_auth.report(lesson["auth_app"], ActiveUser=alias, AdminUser=alias)
+    assert len(report.failures) == 1 and "NotImplementedError" in report.failures[0].observed, report.text()
 
 
 # ---- exercise 3: caching ---------------------------------------------------------------------
 
-def usage_app(tenant_cache=True, id_cache=False):
+def usage_factory(tenant_cache=True, id_cache=False, direct_lookup=False, cross_request_cache=False, ids="two",
+                  tenant_header=None, quota_type=int, sync=False):
     import uuid
 
+    from fastapi import FastAPI
+
+    from checks.lesson02 import TENANTS
+
+    kept: dict = {}
+
+    def usage_app():
+        app = FastAPI()
+        Tenant = Annotated[dict, Depends(load_tenant, use_cache=tenant_cache)]
+
+        if direct_lookup:
+            async def get_plan(request: Request) -> str:
+                return (await load_tenant(request))["plan"]
+
+            async def get_quota(request: Request):
+                return quota_type((await load_tenant(request))["quota"])
+        elif cross_request_cache:
+            async def tenant_cached(request: Request) -> dict:
+                name = request.headers.get("x-tenant", "")
+                if name not in kept:
+                    kept[name] = await load_tenant(request)
+                return kept[name]
+
+            async def get_plan(tenant: Annotated[dict, Depends(tenant_cached)]) -> str:
+                return tenant["plan"]
+
+            async def get_quota(tenant: Annotated[dict, Depends(tenant_cached)]):
+                return tenant["quota"]
+        elif tenant_header is not None:
+            async def get_plan() -> str:
+                return TENANTS[tenant_header]["plan"]
+
+            async def get_quota() -> int:
+                return TENANTS[tenant_header]["quota"]
+        elif sync:
+            def get_plan(tenant: Tenant) -> str:
+                return tenant["plan"]
+
+            def get_quota(tenant: Tenant):
+                return quota_type(tenant["quota"])
+        else:
+            async def get_plan(tenant: Tenant) -> str:
+                return tenant["plan"]
+
+            async def get_quota(tenant: Tenant):
+                return quota_type(tenant["quota"])
+
+        Id = Annotated[str, Depends(new_request_id, use_cache=id_cache)]
+
+        if ids == "two":
+            @app.get("/usage")
+            async def usage(plan: Annotated[str, Depends(get_plan)], quota: Annotated[int | str, Depends(get_quota)],
+                            a: Id, b: Id):
+                return {"plan": plan, "quota": quota, "ids": [a, b]}
+        elif ids == "one twice":
+            @app.get("/usage")
+            async def usage(plan: Annotated[str, Depends(get_plan)], quota: Annotated[int, Depends(get_quota)], a: Id):
+                return {"plan": plan, "quota": quota, "ids": [a, a]}
+        elif ids == "uuid":
+            @app.get("/usage")
+            async def usage(plan: Annotated[str, Depends(get_plan)], quota: Annotated[int, Depends(get_quota)]):
+                return {"plan": plan, "quota": quota, "ids": [uuid.uuid4().hex, uuid.uuid4().hex]}
+        elif ids == "made once":
+            async def ids_once(a: Id, b: Id) -> list[str]:
+                if "ids" not in kept:  # kept from the first request on
+                    kept["ids"] = [a, b]
+                return kept["ids"]
+
+            @app.get("/usage")
+            async def usage(plan: Annotated[str, Depends(get_plan)], quota: Annotated[int, Depends(get_quota)],
+                            pair: Annotated[list[str], Depends(ids_once)]):
+                return {"plan": plan, "quota": quota, "ids": pair}
+        return app
+
+    return usage_app
+
+
+def usage_two_aliases():
+    """A right answer: two Depends objects for the ids, the route also takes the tenant itself."""
+    from fastapi import FastAPI
+
     app = FastAPI()
+    Tenant = Annotated[dict, Depends(load_tenant)]
 
-    async def new_id():
-        return uuid.uuid4().hex
-
-    async def get_plan(tenant: Annotated[dict, Depends(load_tenant, use_cache=tenant_cache)]):
+    def get_plan(tenant: Tenant) -> str:
         return tenant["plan"]
 
-    async def get_quota(tenant: Annotated[dict, Depends(load_tenant, use_cache=tenant_cache)]):
+    def get_quota(tenant: Tenant) -> int:
         return tenant["quota"]
 
-    Id = Annotated[str, Depends(new_id, use_cache=id_cache)]
-
     @app.get("/usage")
-    async def usage(plan: Annotated[str, Depends(get_plan)], quota: Annotated[int, Depends(get_quota)], a: Id, b: Id):
+    async def usage(tenant: Tenant, plan: Annotated[str, Depends(get_plan)], quota: Annotated[int, Depends(get_quota)],
+                    a: Annotated[str, Depends(new_request_id, use_cache=False)],
+                    b: Annotated[str, Depends(new_request_id, use_cache=False)]) -> dict:
         return {"plan": plan, "quota": quota, "ids": [a, b]}
 
     return app
 
 
-async def test_caching_right_answers_pass():
-    for app in (usage_app(), lesson["usage_app"]):
-        report = await check_caching.report(app)
-        assert report.passed, report.text()
+@pytest.mark.parametrize("usage_app", [lesson["usage_app"], usage_factory(), usage_factory(sync=True), usage_two_aliases],
+                         ids=["notebook", "async deps", "def deps", "two Depends objects"])
+async def test_caching_right_answers_pass(usage_app):
+    report = await check_caching.report(usage_app)
+    assert report.passed, report.text()
 
 
-@pytest.mark.parametrize(
-    "app, failed",
-    [
-        (usage_app(tenant_cache=False), ["load_tenant runs once per request"]),
-        (usage_app(id_cache=True), ["the two request ids differ"]),
-    ],
-    ids=["use_cache=False on the lookup", "cached ids"],
-)
-async def test_caching_wrong_answers_fail(app, failed):
-    report = await check_caching.report(app)
-    assert names(report) == failed
-    assert_feedback_rules(report)
+ONCE = "load_tenant runs exactly once in each request"
+IDS = "two different ids of new_request_id"
+VALUES = "plan and quota come from each request's tenant"
+CACHING_WRONG = {
+    "use_cache=False on the lookup": (dict(tenant_cache=False), ONCE, "unless told otherwise"),
+    "load_tenant called directly": (dict(direct_lookup=True), ONCE, "call the function yourself"),
+    "a cache across requests": (dict(cross_request_cache=True), ONCE, "outlives the request"),
+    "ids cached": (dict(id_cache=True), IDS, "`Depends` has a switch"),
+    "one id used twice": (dict(ids="one twice"), IDS, "`Depends` has a switch"),
+    "ids from uuid4": (dict(ids="uuid"), IDS, "Take both ids from new_request_id"),
+    "ids made once for all requests": (dict(ids="made once"), IDS, "each request must get new ones"),
+    "a hard-coded tenant": (dict(tenant_header="acme"), VALUES, "load_tenant returns"),
+    "quota as a string": (dict(quota_type=str), VALUES, "load_tenant returns"),
+}
+
+
+@pytest.mark.parametrize("mistake", CACHING_WRONG, ids=list(CACHING_WRONG))
+async def test_caching_wrong_answers_fail_with_their_hint(mistake):
+    options, item, hint = CACHING_WRONG[mistake]
+    report = await check_caching.report(usage_factory(**options))
+    assert_fails_at(report, item, hint)
 
 
 # ---- exercise 4: overrides ---------------------------------------------------------------------
 
-def as_user_right(app, user):
+get_current_user = lesson["get_current_user"]
+
+
+def as_user_reference(app, user):
+    return lesson["as_user"](app, user)
+
+
+def as_user_patch_dict(app, user):
+    return mock.patch.dict(app.dependency_overrides, {get_current_user: lambda: user})
+
+
+@contextmanager
+def as_user_swap_dict(app, user):
+    saved = app.dependency_overrides
+    app.dependency_overrides = {**saved, get_current_user: lambda: user}
+    try:
+        yield
+    finally:
+        app.dependency_overrides = saved
+
+
+def as_user_exit_stack(app, user):
+    stack = ExitStack()
+    overrides = app.dependency_overrides
+    had, previous = get_current_user in overrides, overrides.get(get_current_user)
+    overrides[get_current_user] = lambda: user
+    stack.callback(lambda: overrides.__setitem__(get_current_user, previous) if had else overrides.pop(get_current_user))
+    return stack
+
+
+@contextmanager
+def as_user_pops(app, user):
+    app.dependency_overrides[get_current_user] = lambda: user
+    try:
+        yield
+    finally:
+        app.dependency_overrides.pop(get_current_user, None)
+
+
+@contextmanager
+def as_user_clears(app, user):
+    app.dependency_overrides[get_current_user] = lambda: user
+    try:
+        yield
+    finally:
+        app.dependency_overrides.clear()
+
+
+@contextmanager
+def as_user_no_finally(app, user):
+    previous = app.dependency_overrides.get(get_current_user)
+    app.dependency_overrides[get_current_user] = lambda: user
+    yield
+    app.dependency_overrides[get_current_user] = previous
+
+
+@contextmanager
+def as_user_none_left(app, user):
+    previous = app.dependency_overrides.get(get_current_user)
+    app.dependency_overrides[get_current_user] = lambda: user
+    try:
+        yield
+    finally:
+        app.dependency_overrides[get_current_user] = previous  # None when nothing was there
+
+
+@contextmanager
+def as_user_swallows(app, user):
+    previous = app.dependency_overrides.get(get_current_user)
+    app.dependency_overrides[get_current_user] = lambda: user
+    try:
+        yield
+    except Exception:
+        pass
+    finally:
+        app.dependency_overrides[get_current_user] = previous
+
+
+@contextmanager
+def as_user_overrides_active(app, user):
+    active = lesson["get_active_user"]  # the notebook's; the check's chain has its own: nothing is replaced
+    app.dependency_overrides[active] = lambda: user
+    try:
+        yield
+    finally:
+        app.dependency_overrides.pop(active, None)
+
+
+@contextmanager
+def as_user_keyed_by_depends(app, user):
+    key = Depends(get_current_user)
+    app.dependency_overrides[key] = lambda: user
+    try:
+        yield
+    finally:
+        app.dependency_overrides.pop(key, None)
+
+
+def as_user_state_on_the_function(app, user):
     @contextmanager
     def block():
-        get_current_user = app.state.get_current_user
+        as_user_state_on_the_function.saved = app.dependency_overrides.get(get_current_user)
         app.dependency_overrides[get_current_user] = lambda: user
         try:
             yield
         finally:
-            del app.dependency_overrides[get_current_user]
+            app.dependency_overrides[get_current_user] = as_user_state_on_the_function.saved
 
     return block()
 
 
-def as_user_leaks(app, user):
-    app.dependency_overrides[app.state.get_current_user] = lambda: user
-    return contextmanager(lambda: (yield))()
+@asynccontextmanager
+async def as_user_async(app, user):
+    app.dependency_overrides[get_current_user] = lambda: user
+    try:
+        yield
+    finally:
+        app.dependency_overrides.pop(get_current_user, None)
+
+
+@contextmanager
+def as_user_sets_after_yield(app, user):
+    previous = app.dependency_overrides.get(get_current_user)
+    try:
+        yield
+        app.dependency_overrides[get_current_user] = lambda: user
+    finally:
+        app.dependency_overrides[get_current_user] = previous
 
 
 def as_user_not_a_context_manager(app, user):
-    app.dependency_overrides[app.state.get_current_user] = lambda: user
+    app.dependency_overrides[get_current_user] = lambda: user
 
 
-async def test_overrides_right_answers_pass():
-    assert (await check_overrides.report(as_user_right, make_auth_app())).passed
-    report = await check_overrides.report(lesson["as_user"], lesson["auth_app"])
+async def overrides_report(as_user):
+    return await check_overrides.report(as_user, lesson["auth_app"], get_current_user=get_current_user)
+
+
+@pytest.mark.parametrize("as_user", [as_user_reference, as_user_patch_dict, as_user_swap_dict, as_user_exit_stack],
+                         ids=["notebook", "mock.patch.dict", "swap the dict", "ExitStack"])
+async def test_overrides_right_answers_pass(as_user):
+    report = await overrides_report(as_user)
     assert report.passed, report.text()
 
 
-@pytest.mark.parametrize(
-    "as_user, failed, hint",
-    [
-        (as_user_leaks, ["after the block, the override is gone"], "Remove the override"),
-        (as_user_not_a_context_manager, ["as_user(app, user) works as a `with` block"], "context manager"),
-    ],
-    ids=["override left behind", "not a context manager"],
-)
-async def test_overrides_wrong_answers_fail(as_user, failed, hint):
-    report = await check_overrides.report(as_user, make_auth_app())
-    assert names(report) == failed, report.text()
-    assert hint in failure_text(report)
+AFTER = "afterwards, app.dependency_overrides is as it was"
+OVERRIDES_WRONG = {
+    "pops instead of restoring": (as_user_pops, "a nested block gives the outer user back", "Put back what was there"),
+    "clears every override": (as_user_clears, "a nested block gives the outer user back", "Put back what was there"),
+    "no finally": (as_user_no_finally, "a block that raises", "`finally:`"),
+    "None left behind": (as_user_none_left, "without an earlier override, none is left behind", "mapping it to None"),
+    "swallows the block's exception": (as_user_swallows, "a block that raises", "Don't catch the exception"),
+    "replaces another link": (as_user_overrides_active, "inside the block, requests run as the given user",
+                              "You replaced get_active_user"),
+    "keyed by Depends(...)": (as_user_keyed_by_depends, "inside the block, requests run as the given user",
+                              "not a Depends(...)"),
+    "state kept on the function": (as_user_state_on_the_function, AFTER, "local variables"),
+    "async context manager": (as_user_async, "as_user(app, user) works as a `with` block", "not `async with`"),
+    "override set after yield": (as_user_sets_after_yield, "inside the block, requests run as the given user",
+                                 "before `yield`"),
+    "not a context manager": (as_user_not_a_context_manager, "as_user(app, user) works as a `with` block",
+                              "context manager"),
+}
+
+
+@pytest.mark.parametrize("mistake", OVERRIDES_WRONG, ids=list(OVERRIDES_WRONG))
+async def test_overrides_wrong_answers_fail_with_their_hint(mistake):
+    as_user, item, hint = OVERRIDES_WRONG[mistake]
+    report = await overrides_report(as_user)
+    assert_fails_at(report, item, hint)
+
+
+async def test_overrides_clearing_also_names_the_lost_override():
+    report = await overrides_report(as_user_clears)
+    after = [i for i in report.failures if i.name.startswith(AFTER)]
+    assert after and "another dependency's override was removed" in after[0].observed, report.text()
+
+
+async def test_overrides_of_the_wrong_link_let_an_inactive_user_in():
+    """Replacing the active-user link (of the chain the check builds) lets an inactive user through."""
+    from checks import lesson02
+
+    real_chain = lesson02.course_chain
+    replaced = {}
+
+    def chain_spy(dependency):
+        ActiveUser, AdminUser = real_chain(dependency)
+        replaced["active"] = ActiveUser.__metadata__[0].dependency
+        return ActiveUser, AdminUser
+
+    @contextmanager
+    def as_user_active_link(app, user):
+        app.dependency_overrides[replaced["active"]] = lambda: user
+        try:
+            yield
+        finally:
+            app.dependency_overrides.pop(replaced["active"], None)
+
+    lesson02.course_chain = chain_spy
+    try:
+        report = await overrides_report(as_user_active_link)
+    finally:
+        lesson02.course_chain = real_chain
+    assert_fails_at(report, "the user still goes through the checks that follow", "replace only the first link")
 
 
 async def test_the_checks_own_code_raises_no_warning():
     from conftest import warnings_from_checks
 
     assert await warnings_from_checks(
-        check_sessions.report(items_app(session_guide_style, scope="request")),
-        check_auth.report(make_auth_app(www_authenticate=False)),
-        check_caching.report(usage_app(id_cache=True)),
-        check_overrides.report(as_user_leaks, make_auth_app()),
+        sessions_report(session_guide_style, None),
+        check_auth.report(lesson["auth_app"], **chain(www_authenticate=False)),
+        check_caching.report(usage_factory(id_cache=True)),
+        overrides_report(as_user_pops),
     ) == []
