@@ -414,6 +414,21 @@ def _app_error_after_answer(rec, exchange) -> str | None:
     return describe_exception(exchange.error)
 
 
+def _status_hint(exchange, method: str, path: str, default: str) -> str:
+    """A hint for an unexpected status: what 404, 405, 422 and 500 usually mean here."""
+    if exchange.status == 404:
+        return f"Nothing answers {method} {path} yet: define the route (check its path) and run its cell again."
+    if exchange.status == 405:
+        return f"The path exists but not for {method}: check the route's decorator."
+    if exchange.status == 422:
+        return "FastAPI rejected the request before your code ran: the route takes the JSON body as the model given."
+    if exchange.status is not None and exchange.status >= 500:
+        return "Your route raised: read the error above, fix it, run its cell again, then this check."
+    if exchange.status is None:
+        return "The route did not answer: does it wait for something (the e-mail?) before returning?"
+    return default
+
+
 def _send_error_hint(error_text: str) -> str:
     if ("coroutine" in error_text and "not callable" in error_text) or "first argument must be callable" in error_text:
         return ("`add_task` takes the function and its arguments separately: `add_task(fn, a, b)`, "
@@ -441,7 +456,7 @@ SIGNUPS = 3
 @check("Lesson 08 · POST /signups answers 201, then e-mails in the background with its own session", limit_s=20)
 async def check_signup(report, app):
     stats.reset()
-    mailer.reset(latency_s=(0.04, 0.08))
+    mailer.reset(latency_s=(0.01, 0.04))
     tag = random.randint(1000, 9999)
     emails = [f"{name}{tag}@example.com" for name in random.sample(["ada", "bob", "cyd", "dee", "eve", "fay"], SIGNUPS)]
     catcher, caught = _captured_warnings()
@@ -453,6 +468,7 @@ async def check_signup(report, app):
                 settled = await rec.settle(5)
     finally:
         catcher.__exit__(None, None, None)
+    report.metrics["in_requests_s"] = rec.now()
     report.figure("Your signups: the answer (blue), the request's work after it (grey), its tasks (amber)",
                   rec._repr_png_)
 
@@ -463,10 +479,9 @@ async def check_signup(report, app):
                 or not isinstance(body.get("id"), int) or isinstance(body.get("id"), bool):
             report.fail("POST /signups answers 201 with the new user's id and email", observed=exchange.show(),
                         expected=f'201 {{"id": <int>, "email": "{email}"}}',
-                        hint=("Create the user with the request's session (SessionDep), flush to get its id, and "
-                              "return it; the route's decorator sets `status_code=201`."
-                              if exchange.status != 500 else "Your route raised: fix the error shown, run its cell, "
-                                                               "then this check."))
+                        hint=_status_hint(exchange, "POST", "/signups",
+                                          "Create the user with the request's session (SessionDep), flush to get its "
+                                          "id, and return it; the route's decorator sets `status_code=201`."))
             return
     ids = [exchange.json()["id"] for exchange in exchanges]
     async with database() as db:
@@ -597,6 +612,7 @@ async def check_invoices(report, make_app, send_invoice):
                 settled = await rec.settle(5)
     finally:
         catcher.__exit__(None, None, None)
+    report.metrics["in_requests_s"] = rec.now()
     report.figure("Your invoices: amber bars are the background tasks; where does GET /health wait?", rec._repr_png_)
     for exchange in exchanges:
         if exchange.status != 202:
@@ -661,7 +677,6 @@ async def check_invoices(report, make_app, send_invoice):
                   f"GET /health answered in {health_ms:.0f} ms"),
         expected="no blocking call on the event loop's thread", hint=hint,
     )
-    report.metrics["health_ms"] = health_ms
 
 
 # ---- exercise 3: the outbox and its worker -----------------------------------------------------------------
@@ -751,7 +766,8 @@ async def check_outbox(report, make_app, deliver_outbox):
                     if exchange.status != 201 or not isinstance(body, dict) or not isinstance(body.get("id"), int):
                         report.fail("POST /orders answers 201 with the order's id", observed=exchange.show(),
                                     expected='201 {"id": <int>}',
-                                    hint="Save the order with the request's session, flush to get its id, return it.")
+                                    hint=_status_hint(exchange, "POST", "/orders", "Save the order with the "
+                                                      "request's session, flush to get its id, return it."))
                         return
                 await rec.wait_for(delivered(run.calm), 2.0)
                 mailer.fail_next("refuse", to=run.failing[0])
@@ -783,6 +799,7 @@ async def check_outbox(report, make_app, deliver_outbox):
         run.orders, run.rows = await _outbox_state(url)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    report.metrics["in_requests_s"] = run.first_run.now()  # both runs: the first recorder's clock started first
     report.figure("Your first run: the orders, and the worker's deliveries (outside requests)", run.first_run._repr_png_)
     _judge_outbox(report, run, watch)
 
