@@ -11,7 +11,9 @@ answer cannot change: latencies the check itself set, or the task's own deadline
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import json
 import os
 import random
 import shutil
@@ -192,7 +194,11 @@ DASHBOARD = (("profile", profile_api), ("orders", orders_api), ("recommendations
 
 USERS = ["ada", "grace", "linus", "guido", "barbara", "edsger", "margaret", "ken"]
 LATENCY_STEPS = (0.06, 0.09, 0.12)  # three upstreams finish 30 ms apart, in a random order
-SEQUENTIAL_RATIO = 1.8  # request ÷ the slowest latency the check set: ~1.1 at once, ≥ 2.25 one after another
+# Overlap is judged exactly (calls in flight at once). The clock is only a backstop for gross
+# delays: the request ÷ the slowest latency the check set. Right answers measured 1.0–1.2, up to
+# 2.3 on a heavily loaded machine and 2.9 for a `def` route with a core kept busy; calls one
+# after another give 2.25–2.6, and are caught by the overlap count anyway.
+SLOW_RATIO = 5.0
 ADS_DEADLINE_S = 0.3
 ADS_EARLIEST_S = 0.25  # giving up before this is not "about 0.3 s"
 ADS_LATEST_S = 2 * ADS_DEADLINE_S
@@ -303,11 +309,13 @@ def _judge_overlap(report, users, results, latencies, hint: str) -> None:
             worst = row
     overlap, ratio, took, user, count = worst
     report.add(
-        "the upstream calls overlap", overlap == len(DASHBOARD) and count == len(DASHBOARD) and ratio < SEQUENTIAL_RATIO,
+        "the upstream calls overlap", overlap == len(DASHBOARD) and count == len(DASHBOARD) and ratio < SLOW_RATIO,
         observed=f"at most {overlap} of {count} calls in flight at once; the request took {took * 1000:.0f} ms = "
                  f"{ratio:.1f}× the slowest call",
-        expected=f"{len(DASHBOARD)} calls at once (one per upstream), under {SEQUENTIAL_RATIO}× the slowest call",
-        hint=hint if count == len(DASHBOARD) else "Call each upstream once per request.",
+        expected=f"{len(DASHBOARD)} calls at once (one per upstream), under {SLOW_RATIO}× the slowest call",
+        hint=("Call each upstream once per request." if count != len(DASHBOARD) else hint if overlap < len(DASHBOARD)
+              else "The calls overlapped, but the answer came long after the slowest of them: what else does the "
+                   "route wait for?"),
     )
 
 
@@ -405,18 +413,18 @@ async def check_partial_failure(report, app):
 
 def _partial_problem(body, user: str, failing) -> tuple[str, str] | None:
     if not isinstance(body, dict) or set(body) != {name for name, _ in DASHBOARD}:
-        return (_short(body), "Return an object with exactly the keys profile, orders and recommendations, failed or not.")
+        return (_short(json.dumps(body)), "Return an object with exactly the keys profile, orders and recommendations, failed or not.")
     for name, service in DASHBOARD:
         value = body[name]
         if name in failing:
             message = f"{service.name} is down"
             if not (isinstance(value, dict) and set(value) == {"error"} and isinstance(value["error"], str)
                     and message in value["error"]):
-                return (f'"{name}": {_short(value, 80)}',
+                return (f'"{name}": {_short(json.dumps(value), 80)}',
                         f'A failed call becomes {{"error": str(exc)}}: its message ("{message}") tells the page what '
                         "went wrong; null, true or a bare string does not.")
         elif not same_json(value, service.answer(user)):
-            return (f'"{name}": {_short(value, 80)}',
+            return (f'"{name}": {_short(json.dumps(value), 80)}',
                     "The calls that succeeded keep their own result under their own name; results taken in the "
                     "order they finished end up under the wrong names.")
     return None
@@ -496,7 +504,15 @@ async def check_fan_out(report, app):
         prices_api.latency_for[sku] = random.uniform(0.03, 0.07)
     paths = ["/prices?skus=" + ",".join(first), "/prices?skus=" + ",".join(second)] + [f"/price/{s}" for s in singles]
     async with serve(app, raise_app_exceptions=False) as client, BlockingWatch() as watch:
-        results = await asyncio.gather(*(_timed_get(client, path) for path in paths))
+        batch = asyncio.ensure_future(asyncio.gather(*(_timed_get(client, path) for path in paths)))
+        stuck = await _stuck(batch, prices_api)
+        if stuck:
+            return report.fail(
+                "every request finishes", observed=stuck,
+                expected="each call's place is given back when it ends",
+                hint="Requests wait while no call runs: places taken and never given back? Every `acquire()` needs "
+                     "its `release()`, even when the call fails; `async with limit:` does both.")
+        results = batch.result()
         await until(lambda: all(c.end is not None for c in prices_api.calls), 2.0)
         calls = list(prices_api.calls)
         peak = prices_api.in_flight.peak
@@ -553,6 +569,26 @@ async def check_fan_out(report, app):
              "an `acquire()` whose `release()` is skipped by the exception loses the place for good.",
     )
     report.metrics["in_requests_s"] = max(end for _, _, end in results) - min(start for _, start, _ in results)
+
+
+async def _stuck(batch: asyncio.Future, service: Upstream, quiet_s: float = 1.0) -> str:
+    """Wait for `batch`; "" when it finishes, or what was seen when no call of `service` started
+    or ended for `quiet_s` (far above its latencies) while none was in flight: nothing can move."""
+    batch.add_done_callback(lambda _: _changed())
+
+    def events():
+        return len(service.calls), sum(c.end is not None for c in service.calls)
+
+    while not batch.done():
+        seen = events()
+        moved = await until(lambda: batch.done() or events() != seen, quiet_s)
+        if not moved and not batch.done() and service.in_flight.current == 0 and seen[0] > 0:
+            batch.cancel()
+            with contextlib.suppress(BaseException):
+                await batch
+            return (f"after {seen[0]} calls, none started for {quiet_s:g} s, none was running, and requests were "
+                    "still waiting")
+    return ""
 
 
 # ---- exercise 5: first completed ------------------------------------------------------------------------
