@@ -1,7 +1,6 @@
 """Lesson 08's checks: right ways to do background work pass; each realistic mistake fails with its hint."""
 
 import asyncio
-import contextlib
 import time
 import uuid
 from contextlib import asynccontextmanager, suppress
@@ -12,7 +11,7 @@ import anyio.from_thread
 import pytest
 from fastapi import BackgroundTasks, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import delete, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -240,7 +239,7 @@ OWN_SESSION = "the task opens a session of its own"
     (wrong_create_task, ["the e-mail is sent by a background task of the request"], "create_task"),
     (wrong_coroutine_to_add_task, [ONE_EMAIL], "add_task(fn, a, b)"),
     (wrong_def_task_no_await, [ONE_EMAIL], "never awaited"),
-    (wrong_no_commit, [RECORDS], "commit"),
+    (wrong_no_commit, [RECORDS], "never committed"),
     (wrong_time_sleep, ["the event loop stays free"], "time.sleep"),
     (wrong_forgot_add_task, [ONE_EMAIL], "add_task"),
     (wrong_default_scope, [OWN_SESSION], 'scope="function"'),
@@ -620,6 +619,12 @@ async def forgets_commit(session, message):
     message.sent_at = datetime.now(timezone.utc)  # never committed
 
 
+async def deliver_once(sessions):  # one round, no loop: it ran before any order existed
+    async with sessions() as session:
+        for message in (await session.scalars(select(OutboxMessage).where(OutboxMessage.sent_at.is_(None)))).all():
+            await right_send(session, message)
+
+
 async def blocking_poll(sessions):
     while True:
         async with sessions() as session:
@@ -683,10 +688,11 @@ STOPPED = "the worker is stopped at shutdown, nothing left running"
     (right_route, polling(right_send), dict(start=start_task, stop=never_stop), [STOPPED], "cancel()"),
     (right_route, flag_deliver, dict(start=flag_start, stop=flag_stop), [STOPPED], "stop flag"),
     (right_route, blocking_poll, STANDARD, ["the event loop stays free"], "asyncio.sleep"),
+    (right_route, deliver_once, STANDARD, ["the worker delivers new orders' e-mails"], "pending outbox rows"),
 ], ids=["BackgroundTasks, no outbox", "outbox in a second transaction", "sent inline in the route",
         "deletes before sending", "marks sent before sending", "swallows the error", "no try: the worker dies",
         "no idempotency key", "a new key per attempt", "never commits sent_at", "worker never stopped",
-        "stop flag only", "time.sleep between rounds"])
+        "stop flag only", "time.sleep between rounds", "one round, no loop"])
 async def test_outbox_mistakes(route, deliver, lifecycle, failed, hint):
     report = await check_outbox.report(outbox_factory(route, **lifecycle), deliver)
     assert names(report) == failed, report.text()
