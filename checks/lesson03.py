@@ -15,6 +15,7 @@ import hashlib
 import json
 import random
 import re
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, SecretStr, ValidationError, field_validator, model_validator
 from sqlalchemy import String
@@ -136,8 +137,16 @@ FIELDS = ["email", "password", "password_confirm", "display_name", "age"]
 
 def generated_payloads(count: int) -> list:
     """JSON values shaped like signups and unlike them, new ones each run (hypothesis)."""
+    import tempfile
+
+    import hypothesis.configuration
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import strategies as st
+
+    # Hypothesis keeps a cache in ./.hypothesis by default: not in the learner's notebook folder.
+    home = hypothesis.configuration.storage_directory(intent_to_write=False).home_directory
+    if home.resolve() == (Path.cwd() / ".hypothesis").resolve():
+        hypothesis.configuration.set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "fastapi-course-hypothesis")
 
     scalars = st.none() | st.booleans() | st.integers(-(10**20), 10**20) | st.text(max_size=60) | st.floats(
         allow_nan=False, allow_infinity=False)
