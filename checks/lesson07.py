@@ -634,10 +634,13 @@ async def reports_lifespan(app: FastAPI):
     yield {"reports": ReportsClient()}
 
 
-def _reports_app(add_routes, reports: ReportsClient) -> FastAPI:
+def reports_app(add_routes, reports: ReportsClient | None = None) -> FastAPI:
+    """The app of exercise 2: its lifespan yields one `ReportsClient` as "reports"; `ReportNotFound`
+    becomes a 404; `add_routes(app)` adds the routes; GET /ping calls nothing."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        yield {"reports": reports}
+        yield {"reports": reports if reports is not None else ReportsClient()}
 
     app = FastAPI(lifespan=lifespan)
 
@@ -730,9 +733,9 @@ def _draw_in_flight(reports: ReportsClient, limit: int):
 
 
 @check("Lesson 07 · one limit of 3 calls to the reports server, shared by every route", limit_s=15)
-async def check_shared_limit(report, add_report_routes):
+async def check_shared_limit(report, make_app, add_report_routes):
     reports = ReportsClient(latency_s=(random.uniform(0.05, 0.06), random.uniform(0.08, 0.1)))
-    app = _reports_app(add_report_routes, reports)
+    app = make_app(add_report_routes, reports)
     async with serve(app, raise_app_exceptions=False) as client:
         for route, key, expected in (("reports", "rows", ReportsClient.rows), ("exports", "csv", ReportsClient.csv)):
             name = _report_name()
@@ -975,7 +978,7 @@ def _currency_key() -> str:
 
 
 @check("Lesson 07 · a single-flight cache: one upstream call per cold key, errors shared, entries expire", limit_s=15)
-async def check_single_flight(report, cache_class):
+async def check_single_flight(report, make_app, cache_class):
     baseline = asyncio.all_tasks()
     upstream = RatesUpstream(latency_s=(random.uniform(0.03, 0.05), random.uniform(0.06, 0.09)))
     wait_s = 10 * upstream.latency_s[1] + 0.5
@@ -983,7 +986,7 @@ async def check_single_flight(report, cache_class):
     clock = FakeClock()
     key = _currency_key()
     cache_class(upstream.get, ttl_s=ttl, clock=clock)  # a cache that cannot be made says so here, in its own words
-    async with serve(rates_app(cache_class, upstream.get, ttl, clock), raise_app_exceptions=False) as client:
+    async with serve(make_app(cache_class, upstream.get, ttl, clock), raise_app_exceptions=False) as client:
         herd = await stampede(client, upstream, key)
         bad = [r for r in herd.responses if not isinstance(r, httpx.Response) or r.status_code != 200]
         if bad:

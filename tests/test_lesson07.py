@@ -16,7 +16,8 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from checks.lesson07 import (
-    DATABASE_URL, RATES_URL, ReportsClient, ResourceWatch, check_lifespan, check_shared_limit, check_single_flight, rates_server,
+    DATABASE_URL, RATES_URL, ReportsClient, ResourceWatch, check_lifespan, check_shared_limit, check_single_flight,
+    rates_app, rates_server, reports_app,
 )
 from conftest import assert_feedback_rules, failure_text, names, notebook_namespace, warnings_from_checks
 
@@ -335,7 +336,7 @@ def router_wide_limit(app):
 ], ids=["the notebook's", "a module alias, scope=function", "a semaphore per app in a yield dependency",
         "an APIRouter's dependencies"])
 async def test_shared_limit_right_answers_pass(install):
-    report = await check_shared_limit.report(install)
+    report = await check_shared_limit.report(reports_app, install)
     assert report.passed, report.text()
 
 
@@ -435,7 +436,7 @@ LIMIT_MISTAKES = {
 
 @pytest.mark.parametrize("install, failed, hint", LIMIT_MISTAKES.values(), ids=LIMIT_MISTAKES.keys())
 async def test_shared_limit_mistakes(install, failed, hint):
-    report = await failing(check_shared_limit, install)
+    report = await failing(check_shared_limit, reports_app, install)
     assert names(report) == failed, report.text()
     assert hint in failure_text(report)
 
@@ -494,7 +495,7 @@ class TaskEntryCache:
 @pytest.mark.parametrize("cache_class", [lesson["SingleFlightCache"], FutureCache, TaskEntryCache],
                          ids=["the notebook's", "a future per key", "the task as the entry"])
 async def test_single_flight_right_answers_pass(cache_class):
-    report = await check_single_flight.report(cache_class)
+    report = await check_single_flight.report(rates_app, cache_class)
     assert report.passed, report.text()
 
 
@@ -680,7 +681,7 @@ CACHE_MISTAKES = {
 
 @pytest.mark.parametrize("cache_class, failed, hint", CACHE_MISTAKES.values(), ids=CACHE_MISTAKES.keys())
 async def test_single_flight_mistakes(cache_class, failed, hint):
-    report = await failing(check_single_flight, cache_class)
+    report = await failing(check_single_flight, rates_app, cache_class)
     assert names(report) == failed, report.text()
     assert hint in failure_text(report)
 
@@ -691,9 +692,9 @@ async def test_the_checks_raise_no_warning_of_their_own():
     assert not await warnings_from_checks(
         check_lifespan.report(prices_app, lesson["lifespan"], lesson["get_http"], lesson["get_session"]),
         check_lifespan.report(prices_app, client_never_closed, http_from_state, session_from_state),
-        check_shared_limit.report(lesson["add_report_routes"]),
-        check_single_flight.report(lesson["SingleFlightCache"]),
-        check_single_flight.report(NoShield),
+        check_shared_limit.report(reports_app, lesson["add_report_routes"]),
+        check_single_flight.report(rates_app, lesson["SingleFlightCache"]),
+        check_single_flight.report(rates_app, NoShield),
     )
 
 
