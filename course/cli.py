@@ -67,6 +67,8 @@ def parser() -> argparse.ArgumentParser:
                    "a run resumes where an interrupted one stopped)")
     p.add_argument("--feedback", metavar="DIR", help="write one HTML page per learner and lesson into DIR")
     p.add_argument("--jobs", type=int, metavar="N", help="notebooks graded at once (default: one per core)")
+    p.add_argument("--max-jobs", type=int, metavar="M", help="more at once while some only wait, up to M "
+                   "(default 2 x --jobs; set it to --jobs to turn this off)")
     p.add_argument("--shard", metavar="K/N", help="grade only part K of N (deterministic; join the parts with --merge)")
     p.add_argument("--merge", nargs="+", metavar="PART", help="join gradebook parts into --out instead of grading")
     p.add_argument("--canvas", metavar="CSV", help="also write a file for Canvas's gradebook import")

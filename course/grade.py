@@ -678,6 +678,9 @@ class Kernel:
     def close(self) -> None:
         import shutil
 
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
         self.kill()
         if self.client is not None:
             try:
@@ -737,7 +740,7 @@ def _judge(cell: CheckCell, name: str, run: CellRun, lesson: Lesson) -> tuple[st
 
 
 async def grade_notebook(job: Job, lesson: Lesson, first: "asyncio.Task", new_kernel, timeout: float,
-                         notebook_timeout: float, max_restarts: int = 2) -> Outcome:
+                         notebook_timeout: float, max_restarts: int = 2, holder: dict | None = None) -> Outcome:
     import asyncio
 
     loop = asyncio.get_running_loop()
@@ -748,8 +751,9 @@ async def grade_notebook(job: Job, lesson: Lesson, first: "asyncio.Task", new_ke
     incidents: set[str] = set()
     skipped: set[int] = set()  # steps that killed or hung a kernel: not replayed
     restarts = 0
+    holder = {} if holder is None else holder  # the kernel in use, for the scheduler's CPU watch
     try:
-        kernel = await first
+        kernel = holder["kernel"] = await first
     except Exception as exc:
         kernel = None
         outcome.events.append(f"A kernel did not start: {exc}")
@@ -760,7 +764,7 @@ async def grade_notebook(job: Job, lesson: Lesson, first: "asyncio.Task", new_ke
                 break
             restarts += 1
             try:
-                kernel = await new_kernel()
+                kernel = holder["kernel"] = await new_kernel()
             except Exception as exc:
                 outcome.events.append(f"A kernel did not start: {exc}")
                 incidents.add(DIED)
@@ -849,7 +853,10 @@ class Gradebook:
         self.path, self.columns = path, columns
         header, rows = read_rows(path)
         self.rows = rows
-        if header != columns:
+        torn = path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n")
+        if torn:  # a run killed mid-row: that row is dropped (its notebook is graded again)
+            self.rows = rows = rows[:-1]
+        if header != columns or torn:
             extra = [c for c in header if c not in columns and c not in TAIL_COLUMNS]
             self.columns = [*FIXED_COLUMNS, *[c for c in columns if c not in FIXED_COLUMNS + TAIL_COLUMNS], *extra,
                             *TAIL_COLUMNS]
@@ -1042,17 +1049,54 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+class CpuWatch:
+    """Which kernels are idle (waiting on a timer or a hung await): below 10% of a core over the last
+    second, read from /proc. Where /proc is missing, no kernel counts as idle."""
+
+    TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def __init__(self):
+        self.samples: dict[int, list[tuple[float, int]]] = {}
+
+    @staticmethod
+    def ticks(pid: int) -> int | None:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return int(fields[11]) + int(fields[12])  # utime + stime, all threads
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def idle(self, pid: int | None, now: float) -> bool:
+        if pid is None:
+            return False
+        ticks = self.ticks(pid)
+        if ticks is None:
+            return False
+        history = self.samples.setdefault(pid, [])
+        history.append((now, ticks))
+        while len(history) > 2 and now - history[1][0] >= 1.0:
+            history.pop(0)
+        then, before = history[0]
+        return now - then >= 0.9 and (ticks - before) / self.TICK / (now - then) < 0.1
+
+
 async def grade_jobs(jobs: list[Job], lessons: dict[str, Lesson], book: Gradebook, *, workers: int, ahead: int,
                      timeout: float, notebook_timeout: float, fork: bool, feedback: Path | None,
-                     say=print) -> list[Outcome]:
+                     max_workers: int | None = None, say=print) -> list[Outcome]:
+    """Grade `jobs`: `workers` notebooks at once, more (up to `max_workers`) while some of the
+    running ones wait without using a core; `ahead` kernels started before they are needed."""
     import asyncio
+    import shutil
     import tempfile
+    from collections import deque
 
     runtime = Path(tempfile.mkdtemp(prefix="cg-"))  # short: ipc socket paths are limited to ~100 bytes
     launcher = Launcher(fork, runtime)
     outcomes: list[Outcome] = []
     live: set[Kernel] = set()
     total = len(jobs)
+    max_workers = max(workers, max_workers or workers)
 
     async def new_kernel(lesson: Lesson) -> Kernel:
         kernel = Kernel(launcher, runtime)
@@ -1076,43 +1120,51 @@ async def grade_jobs(jobs: list[Job], lessons: dict[str, Lesson], book: Gradeboo
             f"{outcome.score}/{len(lesson.exercises) if lesson else 0} · {outcome.status} · {outcome.seconds:.1f} s"
             f" · {outcome.job.rel}")
 
+    for job in jobs:
+        if job.problem or job.lesson not in lessons:
+            finish(Outcome(job, {}, NOT_COURSE, 0.0, events=[job.problem or "no lesson found"]))
+    # The longest lessons first, so that no long notebook is left alone at the end.
+    cost = {n: len(lesson.check_cells) * 4 + len(lesson.imports) for n, lesson in lessons.items()}
+    pending = deque(sorted((j for j in jobs if not j.problem and j.lesson in lessons),
+                           key=lambda j: (-cost[j.lesson], j.rel)))
+    warm: deque = deque()  # (job, task starting its kernel)
+    running: dict = {}  # task → (job, holder of its current kernel)
+    watch = CpuWatch()
+    loop = asyncio.get_running_loop()
     try:
-        if any(not job.problem and job.lesson in lessons for job in jobs):
+        if pending:
             await launcher.start()
-        slots = asyncio.Semaphore(workers + ahead)
-        queue: asyncio.Queue = asyncio.Queue()
-
-        async def produce() -> None:
-            for job in jobs:
-                if job.problem or job.lesson not in lessons:
-                    await queue.put((job, None))
-                    continue
-                await slots.acquire()
-                await queue.put((job, asyncio.create_task(new_kernel(lessons[job.lesson]))))
-            for _ in range(workers):
-                await queue.put(None)
-
-        async def work() -> None:
-            while (item := await queue.get()) is not None:
-                job, first = item
-                if first is None:
-                    finish(Outcome(job, {}, NOT_COURSE, 0.0, events=[job.problem]))
-                    continue
-                lesson = lessons[job.lesson]
+        while pending or warm or running:
+            while pending and len(warm) < ahead:
+                job = pending.popleft()
+                warm.append((job, asyncio.create_task(new_kernel(lessons[job.lesson]))))
+            now = loop.time()
+            idle = sum(watch.idle(getattr(holder.get("kernel"), "pid", None), now) for _, holder in running.values())
+            while warm and len(running) < min(max_workers, workers + idle):
+                job, first = warm.popleft()
+                lesson, holder = lessons[job.lesson], {}
+                task = asyncio.create_task(grade_notebook(job, lesson, first, lambda lesson=lesson: new_kernel(lesson),
+                                                          timeout, notebook_timeout, holder=holder))
+                running[task] = (job, holder)
+                if pending:
+                    job = pending.popleft()
+                    warm.append((job, asyncio.create_task(new_kernel(lessons[job.lesson]))))
+            done, _ = await asyncio.wait(list(running), timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                job, _ = running.pop(task)
                 try:
-                    outcome = await grade_notebook(job, lesson, first, lambda: new_kernel(lesson), timeout,
-                                                   notebook_timeout)
-                finally:
-                    slots.release()
+                    outcome = task.result()
+                except Exception as exc:  # a fault of the grader, not of the learner: no row, so a rerun retries
+                    print(f"course grade: {job.rel} was not graded ({type(exc).__name__}: {exc}); run again to retry",
+                          file=sys.stderr)
+                    continue
                 finish(outcome)
-
-        await asyncio.gather(produce(), *(work() for _ in range(workers)))
     finally:
+        for task in [*running, *(t for _, t in warm)]:
+            task.cancel()
         for kernel in list(live):
             kernel.close()
         await launcher.close()
-        import shutil
-
         shutil.rmtree(runtime, ignore_errors=True)
     return outcomes
 
@@ -1166,9 +1218,10 @@ def main(args) -> int:
         started = time.perf_counter()
         try:
             asyncio.run(grade_jobs(
-                todo, lessons, book, workers=workers, ahead=int(getattr(args, "ahead", None) or 1),
+                todo, lessons, book, workers=workers, ahead=int(getattr(args, "ahead", None) or workers),
                 timeout=float(getattr(args, "timeout", None) or 30.0),
                 notebook_timeout=float(getattr(args, "notebook_timeout", None) or 900.0),
+                max_workers=getattr(args, "max_jobs", None) or 2 * workers,
                 fork=(not getattr(args, "no_fork", False)) and hasattr(os, "fork") and sys.platform == "linux",
                 feedback=feedback, say=(lambda *a: None) if getattr(args, "quiet", False) else print))
         finally:

@@ -158,7 +158,8 @@ def graded(tmp_path_factory):
                      "{'course-check': {'id': 'lesson00.check_hello', 'passed': True}})\n"
                      "async def check_hello(app):\n    pass\n")
     write(folder / "eli" / "00_welcome.ipynb", with_cells(copy, {"c15": faked}))  # fakes its result, rebinds
-    write(folder / "fay" / "00_welcome.ipynb", with_cells(copy, {"c15": "app = FastAPI()\nwhile True:\n    pass\n"}))
+    proof = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\napp = FastAPI()\nwhile True:\n    pass\n"
+    write(folder / "fay" / "00_welcome.ipynb", with_cells(copy, {"c15": proof}))  # an interrupt cannot stop it
     write(folder / "gil" / "00_welcome.ipynb", with_cells(copy, {"c15": "import os\nos._exit(1)\n"}))
     write(folder / "hal" / "00_welcome.ipynb", with_cells(copy, {"c15": FIRST_WORD}))
     write(folder / "ivy" / "notes.ipynb", "{ this is not json")
