@@ -456,6 +456,19 @@ async def signup_hidden_sleep(signup: Signup):
     return {"id": await user_store.save(signup.email, password_hash), "email": signup.email}
 
 
+def password_strength(password):  # pure Python, about one hash's time: it holds the GIL, and the loop
+    score = 0
+    for i in range(600_000):
+        score = (score * 31 + ord(password[i % len(password)])) % 1_000_003
+    return score
+
+
+async def signup_scores_in_python(signup: Signup):
+    password_strength(signup.password)
+    password_hash = await asyncio.to_thread(hash_password, signup.password)
+    return {"id": await user_store.save(signup.email, password_hash), "email": signup.email}
+
+
 SIGNUP_RIGHT = [signup_to_thread, signup_threadpool, signup_anyio, signup_executor, signup_def_route_from_thread]
 SIGNUP_WRONG = [
     (signup_blocking, LOOP, "hash_password() in signup_blocking(), line"),
@@ -471,6 +484,7 @@ SIGNUP_WRONG = [
     (signup_asyncio_run, ["other loop"], "in signup_asyncio_run(), line"),
     (signup_blocks_after_first, LOOP, "hash_password() in signup_blocks_after_first()"),
     (signup_hidden_sleep, SHORT_BLOCK, "time.sleep(0.03) in slow_down_guessing(), line"),
+    (signup_scores_in_python, SHORT_BLOCK, ("computed for", "in password_strength(), line", "CPU work in `async def`")),
 ]
 
 
