@@ -24,6 +24,23 @@ SETTINGS = {
     "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
 }
+# A lean server for the browser test (`running(..., lean=True)`), on a loaded two-core machine:
+# no nbgrader (only the `bench` extra installs it; a learner never has it), no build check (the
+# page asks the server to inspect every extension: 10+ s of CPU beside the page load), and the app reachable as `window.jupyterapp` so a test can
+# open a second notebook in the same page instead of loading JupyterLab again.
+LEAN_SERVER_CONFIG = {
+    "ServerApp": {"jpserver_extensions": {
+        "nbgrader.server_extensions.assignment_list": False,
+        "nbgrader.server_extensions.course_list": False,
+        "nbgrader.server_extensions.formgrader": False,
+        "nbgrader.server_extensions.validate_assignment": False,
+    }},
+    "LabApp": {"expose_app_in_browser": True},
+}
+LEAN_PAGE_CONFIG = {
+    "buildCheck": False, "buildAvailable": False,
+    "disabledExtensions": {"@jupyter/nbgrader": True},
+}
 
 
 def free_port() -> int:
@@ -32,11 +49,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def jupyter_env(home: Path) -> dict[str, str]:
+def jupyter_env(home: Path, lean: bool = False) -> dict[str, str]:
     """An environment whose Jupyter folders all live under `home`, with quiet settings."""
     settings = home / "settings"
-    for name, values in SETTINGS.items():
-        target = settings / name
+    files = {settings / name: values for name, values in SETTINGS.items()}
+    if lean:
+        files[home / "config" / "jupyter_server_config.json"] = LEAN_SERVER_CONFIG
+        files[home / "config" / "labconfig" / "page_config.json"] = LEAN_PAGE_CONFIG
+    for target, values in files.items():
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(values))
     env = dict(os.environ)
@@ -79,13 +99,22 @@ def wait_until_up(port: int, process: subprocess.Popen, deadline_s: float, log: 
 
 
 @contextmanager
-def running(command: list[str], cwd: Path, home: Path, port: int, deadline_s: float):
-    """Run `command` (which starts JupyterLab on `port`) until the block ends; yield its log path."""
+def running(command: list[str], cwd: Path, home: Path, port: int, deadline_s: float, lean: bool = False,
+            env: dict[str, str | None] | None = None):
+    """Run `command` (which starts JupyterLab on `port`) until the block ends; yield its log path.
+
+    `env`: variables to set on top of `jupyter_env` (None removes one)."""
     home.mkdir(parents=True, exist_ok=True)
     log = home / "server.log"
+    environment = jupyter_env(home, lean=lean)
+    for key, value in (env or {}).items():
+        if value is None:
+            environment.pop(key, None)
+        else:
+            environment[key] = value
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            command, cwd=cwd, env=jupyter_env(home), stdout=out, stderr=subprocess.STDOUT,
+            command, cwd=cwd, env=environment, stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
         try:
