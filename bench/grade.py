@@ -220,7 +220,7 @@ def nbgrader_source(lesson: dict) -> dict:
     return notebook
 
 
-def run_nbgrader(folder: Path, work: Path, timeout: float) -> tuple[float | None, str]:
+def run_nbgrader(folder: Path, work: Path, timeout: float, expected: dict) -> tuple[float | None, str]:
     if shutil.which("nbgrader", path=str(Path(PY).parent)) is None:
         return None, "nbgrader is not installed (pip install '.[bench]')"
     course = work / "nbgrader"
@@ -234,7 +234,8 @@ def run_nbgrader(folder: Path, work: Path, timeout: float) -> tuple[float | None
         "c.CourseDirectory.course_id = 'bench'\n"
         f"c.Execute.timeout = {int(timeout)}\n", encoding="utf-8")
     nbgrader = str(Path(PY).parent / "nbgrader")
-    env = dict(os.environ)
+    env = dict(os.environ)  # nbgrader runs `alembic` from PATH when it makes its database
+    env["PATH"] = str(Path(PY).parent) + os.pathsep + env.get("PATH", "")
     generate = subprocess.run([nbgrader, "generate_assignment", "ps1", "--force"], cwd=course, env=env,
                               capture_output=True, text=True)
     if generate.returncode:
@@ -263,7 +264,23 @@ def run_nbgrader(folder: Path, work: Path, timeout: float) -> tuple[float | None
     graded = len(list((course / "autograded").glob("*/ps1/*.ipynb")))
     if autograde.returncode and not graded:
         return None, "nbgrader autograde failed: " + (autograde.stderr.strip().splitlines() or ["?"])[-1]
-    return wall, f"{graded} notebooks autograded"
+    return wall, f"{graded} notebooks autograded; " + nbgrader_scores(course, nbgrader, env, expected)
+
+
+def nbgrader_scores(course: Path, nbgrader: str, env: dict, expected: dict) -> str:
+    """nbgrader's score per learner (both lessons are one assignment) against the right ones."""
+    subprocess.run([nbgrader, "export"], cwd=course, env=env, capture_output=True, text=True)
+    try:
+        with (course / "grades.csv").open(newline="", encoding="utf-8") as f:
+            scores = {row["student_id"]: float(row["raw_score"] or 0) for row in csv.DictReader(f)}
+    except OSError:
+        return "no scores exported"
+    right: dict[str, int] = {}
+    for (learner, _), (results, _) in expected.items():
+        right[learner] = right.get(learner, 0) + results.count(P)
+    wrong = [f"{learner} {scores.get(learner, 0):g} (right: {score})" for learner, score in sorted(right.items())
+             if scores.get(learner, 0) != score]
+    return "its scores are right for every learner" if not wrong else "its scores differ: " + ", ".join(wrong)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,10 +310,11 @@ def main(argv: list[str] | None = None) -> int:
         notes["nbclient serial"] = ("executes only: no check cells restored, no gradebook" if walls["nbclient serial"]
                                     else f"did not finish in {WALL_LIMIT_S} s")
     if "nbgrader" in only:
-        walls["nbgrader autograde"], notes["nbgrader autograde"] = run_nbgrader(folder, work, args.timeout)
+        walls["nbgrader autograde"], notes["nbgrader autograde"] = run_nbgrader(folder, work, args.timeout, expected)
     print(f"\n{'grader':<20} {'wall s':>8}  notes")
     for name, wall in walls.items():
-        print(f"{name:<20} {wall if wall is None else f'{wall:8.1f}':>8}  {notes.get(name, '')}")
+        shown = "-" if wall is None else f"{wall:.1f}"
+        print(f"{name:<20} {shown:>8}  {notes.get(name, '')}")
     ours = walls.get("course grade")
     if ours:
         for name in ("nbgrader autograde", "nbclient serial"):

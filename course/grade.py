@@ -45,7 +45,7 @@ from pathlib import Path, PurePosixPath
 MIME = "application/vnd.course-grade+json"  # the grading cells' own events (never shown)
 PASSED, FAILED, TIMED_OUT, DIED, NOT_RUN = "passed", "failed", "timed out", "kernel died", "not run"
 GRADED, NOT_COURSE = "graded", "not a course notebook"
-DEMO_LIMIT_S = 10.0  # while grading, a demo cell that runs learner code under serve() stops sooner (not graded)
+DEMO_LIMIT_S = 5.0  # while grading, a demo cell that runs learner code under serve() stops sooner (not graded)
 CHECK_GRACE_S = 15.0  # beyond a check's own limit_s before its cell is interrupted
 INTERRUPT_GRACE_S = 5.0  # after an interrupt, before the kernel is killed and replaced
 START_TIMEOUT_S = 60.0
@@ -509,12 +509,13 @@ class Launcher:
     def kill(self, pid: int) -> None:
         import signal
 
+        kill = getattr(signal, "SIGKILL", signal.SIGTERM)
         try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
+            os.killpg(pid, kill)  # the kernel and whatever it started (it leads its own session)
+        except (AttributeError, ProcessLookupError, PermissionError):
             try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
+                os.kill(pid, kill)
+            except (ProcessLookupError, OSError):
                 pass
         self.procs.pop(pid, None)
 
@@ -562,8 +563,10 @@ class Kernel:
         from jupyter_client.connect import write_connection_file
 
         self.cwd.mkdir(parents=True, exist_ok=True)
-        conn, info = write_connection_file(str(self.runtime / f"{self.name}.json"), transport="ipc",
-                                           ip=str(self.runtime / self.name), key=secrets.token_hex(16).encode())
+        ipc = os.name == "posix"  # unix sockets: no ports to collide, no "running over TCP" warning
+        conn, info = write_connection_file(str(self.runtime / f"{self.name}.json"), transport="ipc" if ipc else "tcp",
+                                           ip=str(self.runtime / self.name) if ipc else "127.0.0.1",
+                                           key=secrets.token_hex(16).encode())
         self.pid = await self.launcher.launch(conn, str(self.cwd), str(self.runtime / f"{self.name}.log"))
         self.client = AsyncKernelClient()
         self.client.load_connection_info(info)
@@ -851,12 +854,13 @@ class Gradebook:
 
     def __init__(self, path: Path, columns: list[str]):
         self.path, self.columns = path, columns
-        header, rows = read_rows(path)
-        self.rows = rows
         torn = path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n")
         if torn:  # a run killed mid-row: that row is dropped (its notebook is graded again)
-            self.rows = rows = rows[:-1]
-        if header != columns or torn:
+            text = path.read_bytes()
+            path.write_bytes(text[: text.rfind(b"\n") + 1])
+        header, rows = read_rows(path)
+        self.rows = rows
+        if header != columns:
             extra = [c for c in header if c not in columns and c not in TAIL_COLUMNS]
             self.columns = [*FIXED_COLUMNS, *[c for c in columns if c not in FIXED_COLUMNS + TAIL_COLUMNS], *extra,
                             *TAIL_COLUMNS]

@@ -141,6 +141,30 @@ def test_merge_joins_parts_and_exports_for_canvas_and_moodle(tmp_path, capsys):
     assert bo[1] == "0" and "hello (failed)" in bo[2] and "timed out" in bo[2]
 
 
+def test_a_gradebook_cut_mid_row_resumes_without_that_row_and_takes_new_columns(tmp_path):
+    path = tmp_path / "gradebook.csv"
+    head = "learner,lesson,lesson00.check_hello,score,out_of,status,seconds,learner_id,file,digest\n"
+    path.write_text(head + "ana,00,passed,1,1,graded,1.0,,ana.ipynb,aa\nbo,00,fail", encoding="utf-8")
+    book = grade.Gradebook(path, grade.columns_for([LESSONS["00"], LESSONS["01"]]))
+    assert book.done() == {"ana.ipynb": "aa"}  # bo's torn row is gone: bo is graded again
+    book.add({"learner": "cy", "lesson": "01", "lesson01.check_forecast": "passed", "file": "cy.ipynb"})
+    book.close()
+    header, rows = grade.read_rows(path)
+    assert header[:4] == ["learner", "lesson", "lesson00.check_hello", "lesson01.check_forecast"]
+    assert [r["file"] for r in rows] == ["ana.ipynb", "cy.ipynb"] and rows[1]["lesson01.check_forecast"] == "passed"
+
+
+def test_a_notebook_without_cell_ids_still_gets_the_course_checks():
+    notebook = learner_copy()
+    for cell in notebook["cells"]:
+        cell.pop("id", None)
+    index = next(i for i, c in enumerate(notebook["cells"]) if "await check_hello" in grade._source(c))
+    notebook["cells"][index]["source"] = "await check_hello(app)  # I changed this"
+    steps = grade.plan(notebook, LESSONS["00"])
+    assert sum(1 for s in steps if s.check) == 1
+    assert not any("I changed this" in s.source for s in steps)
+
+
 # ---- in real kernels ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -232,3 +256,31 @@ def test_feedback_pages_hold_the_reports_but_no_check_source(graded):
     assert "Use the `name` parameter" in wrong or "<code>name</code> parameter" in wrong
     stuck = (pages / "fay" / "00_welcome.html").read_text(encoding="utf-8")
     assert "ran past its time limit" in stuck
+
+
+def test_forked_kernels_are_fresh_processes_with_their_own_random_state(tmp_path):
+    """The zygote imported the course once; each kernel forked from it starts from those imports only."""
+    import asyncio
+
+    async def two_kernels():
+        launcher = grade.Launcher(True, tmp_path)
+        await launcher.start()
+        try:
+            values = []
+            for _ in range(2):
+                kernel = grade.Kernel(launcher, tmp_path)
+                await kernel.start(["checks.lesson00"])
+                code = ("import os, random, sys\nfrom IPython.display import display\n"
+                        "display({'text/plain': repr((random.random(), os.getpid(), os.getcwd(), "
+                        "'leak' in globals(), os.environ.get('COURSE_PROGRESS_FILE')))}, raw=True, "
+                        "metadata={'course-check': {}})\nleak = 1")
+                run = await kernel.run(code, 30)
+                values.append(eval(run.outputs[0]["text"]))
+                kernel.close()
+            return values
+        finally:
+            await launcher.close()
+
+    first, second = asyncio.run(two_kernels())
+    assert first[0] != second[0] and first[1] != second[1] and first[2] != second[2]
+    assert first[3] is False and second[3] is False and first[4] is None and second[4] is None
