@@ -6,11 +6,11 @@ judges, in this order (stopping at a broken response):
 2. "keeps the event loop free", by exact signals first:
    - `BlockingWatch`: every `time.sleep` and every blocking call of the stand-ins (`get_blocking`,
      `render`, `hash_password`) made on the event loop's thread, with the line that made it;
-   - `LoopSampler` (below): the loop's thread seen standing still at one instruction inside
-     learner code for at least half of one call: a wait the services cannot see (`.result()`,
-     a lock, a socket);
-   - then a clock (`LoopMonitor`), for CPU work in Python that neither sees: the longest stall
-     against half of what N calls would hold the loop for. Every yardstick comes from the check,
+   - `LoopSampler` (below): the loop's thread seen staying inside learner code, without
+     yielding, for at least half of one call: a wait the services cannot see (`.result()`, a
+     lock, a socket) or CPU work, told apart;
+   - then a clock (`LoopMonitor`), a last resort for CPU work neither sees: the longest stall
+     against what N whole calls would hold the loop for. Every yardstick comes from the check,
      never from the answer: a sleeping service's fixed latency, or one hash timed by the check
      itself, in a thread, before the requests;
 3. "serves requests concurrently": the service's exact in-flight counter (serialised code: 1);
@@ -89,6 +89,8 @@ class LoopSampler:
             now, cpu = time.perf_counter(), self._cpu()
             top = sys._current_frames().get(self.ident)
             found = _learner_frame_in_loop(top) if top is not None else None
+            # Keyed by the outermost learner frame (the route): CPU work spread over many calls of a
+            # helper still stays in it. A coroutine that awaits leaves the stack: the key changes.
             key = (id(found[0]), found[0].f_code) if found else None
             if key is None or key != last_key:
                 last_key, since, cpu_since, samples, looping, episode = key, now, cpu, 1, False, None
@@ -98,8 +100,9 @@ class LoopSampler:
             looping = looping or _at_backward_jump(top)
             if now - since >= self.min_s and samples >= MIN_SAMPLES:
                 if episode is None:
-                    episode = {"where": _where(found[0]), "inside": found[1], "held_s": 0.0, "cpu_s": None}
+                    episode = {"where": "", "inside": "", "held_s": 0.0, "cpu_s": None}
                     self.waits.append(episode)
+                episode["where"], episode["inside"] = _where(found[1]), found[2]  # the latest look
                 episode["held_s"] = now - since
                 episode["python_loop"] = looping
                 if cpu is not None and cpu_since is not None:
@@ -117,20 +120,30 @@ def _at_backward_jump(frame) -> bool:
 
 
 _ASYNCIO_DIR = os.path.dirname(os.path.abspath(asyncio.__file__)) + os.sep
+_REQUEST_CODE = Timeline.request.__code__
 
 
 def _learner_frame_in_loop(frame):
-    """(the innermost learner frame run by the event loop, the call it is making) on a live stack;
-    None when the loop runs no learner code (idle, or in its own and the check's code)."""
-    inside = None
+    """For learner code the app runs on the event loop, on a live stack: (the outermost learner
+    frame, the innermost one, the call the innermost is making); None when the loop runs none
+    (idle, or its own, the libraries' and the check's code). The check's callers (a test, a
+    notebook cell) are learner files too, so the walk stops at the check's request."""
+    innermost = inside = outermost = None
     while frame is not None:
-        filename = frame.f_code.co_filename
-        if frame.f_code.co_name in ("_run", "_run_once") and os.path.abspath(filename).startswith(_ASYNCIO_DIR):
-            return None  # reached the loop itself: what is further out runs the loop, not in it
-        if not filename.startswith("<frozen") and _is_learner_file(filename):
-            return frame, (inside.f_code.co_qualname if inside is not None else "")
-        inside, frame = frame, frame.f_back
-    return None
+        code = frame.f_code
+        if code is _REQUEST_CODE or (code.co_name in ("_run", "_run_once")
+                                     and os.path.abspath(code.co_filename).startswith(_ASYNCIO_DIR)):
+            break  # the check sent the request, or the loop itself: further out is not the app
+        if not code.co_filename.startswith("<frozen") and _is_learner_file(code.co_filename):
+            outermost = frame
+            if innermost is None:
+                innermost = frame
+        elif innermost is None:
+            inside = frame
+        frame = frame.f_back
+    if innermost is None:
+        return None
+    return outermost, innermost, (inside.f_code.co_qualname if inside is not None else "")
 
 
 class ForecastService(_CallsOnLoops, SlowService):
@@ -196,8 +209,8 @@ MIN_SAMPLES = 5  # looks in a row at the same learner frame before the sampler b
 MIN_PEAK = 3  # of the N calls at once: code that serialises them never gets past 1; right answers reach N
 # A blocking call holds the loop for its whole duration: a sleeping service's latency (fixed),
 # or one hash (timed by the check, in a thread, in the same run). The sampler flags the loop's
-# thread standing still in learner code for STALL_FRACTION of one call; the clock flags a stall
-# of STALL_FRACTION of N calls. Measured margins: see the lesson's report in bench/verdicts.py.
+# thread staying in learner code for STALL_FRACTION of one call; the clock, a last resort, flags
+# a stall of N whole calls.
 STALL_FRACTION = 0.5
 
 CITIES = ["Lisbon", "Nairobi", "Osaka", "Quito", "Tromsø", "Hobart", "Tbilisi", "Reykjavík", "Cusco", "Hanoi"]
@@ -379,15 +392,17 @@ def _judge_loop(report, app, path_template: str, run: Run, one_call_s: float, ya
                                 f"half of {yardstick})",
             hint=hint,
         )
-    stall_ms, limit_ms = run.stall_s * 1000, STALL_FRACTION * N * one_call_s * 1000
+    # The clock is the last resort (CPU work outside any learner frame the sampler could see), so
+    # its bar is high: a machine busy with other work stalls a free loop too (measured: up to ~0.5 s).
+    stall_ms, limit_ms = run.stall_s * 1000, N * one_call_s * 1000
     return report.add(
         name,
         stall_ms < limit_ms,
         observed=(f"no blocking call ran on its thread, longest stall {stall_ms:.0f} ms" if stall_ms < limit_ms else
                   f"the event loop stalled {stall_ms:.0f} ms while {N} requests ran, though no blocking call of "
                   f"the services, no `time.sleep` and no wait was seen on its thread"),
-        expected=f"stalls under {limit_ms:.0f} ms: half of {N} × {yardstick}, which running the {N} calls on "
-                 f"the loop would hold it for",
+        expected=f"stalls under {limit_ms:.0f} ms: {N} × {yardstick}, what running all {N} calls on the loop "
+                 f"would hold it for",
         hint=HIDDEN_STALL_HINT,
     )
 
