@@ -30,8 +30,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import harness
 from .harness import DemoStopped
 from .watchdog import CheckTimeout, limit_active, time_limit
+
+CHECK_LIMIT_S = 2.0  # inside a check: how long one exchange may await (the check's own limit still holds)
 
 RESPONSE_TYPES = {"http.response.start", "http.response.body", "http.response.trailers", "http.response.pathsend",
                   "http.response.zerocopysend", "http.response.early_hint", "http.response.debug"}
@@ -340,11 +343,14 @@ class Exchange:
         return self.spec.body
 
 
-async def exchange(app, scope: dict, *, body=(b"",), limit_s: float = 2.0, inner: ScriptedApp | None = None) -> Exchange:
+async def exchange(app, scope: dict, *, body=(b"",), limit_s: float | None = None,
+                   inner: ScriptedApp | None = None) -> Exchange:
     """Send one request (or a lifespan cycle) through `app` directly and record every message.
 
-    Outside a check the call runs under the watchdog (a blocked loop stops it: `DemoStopped`);
-    inside a check the check's own limit applies and `limit_s` bounds only awaiting.
+    Inside a check, `limit_s` (default `CHECK_LIMIT_S`) bounds the awaiting and a call that runs
+    past it comes back with `timed_out`; the check's own watchdog handles a blocked loop. Outside
+    a check (a demo) the call runs under the watchdog for `limit_s` (default: the demos' limit,
+    `harness.DEMO_LIMIT_S`) and is stopped with `DemoStopped`.
     """
     spec = SpecSend(scope_type=scope["type"])
     if inner is not None:
@@ -362,19 +368,14 @@ async def exchange(app, scope: dict, *, body=(b"",), limit_s: float = 2.0, inner
             done.set()
 
     if limit_active():
+        limit_s = CHECK_LIMIT_S if limit_s is None else limit_s
         try:
             async with asyncio.timeout(limit_s):
                 await run()
         except TimeoutError:
             result.timed_out = True
     else:
-        try:
-            async with time_limit(limit_s):
-                await run()
-        except CheckTimeout as exc:
-            if exc.blocked:
-                raise DemoStopped(f"stopped after {limit_s:g} s: the event loop was blocked") from None
-            result.timed_out = True
+        await _demo_guard(run(), harness.DEMO_LIMIT_S if limit_s is None else limit_s)
     if result.timed_out:
         spec._violate(f"still not finished after {limit_s:g} s")
     else:
@@ -386,10 +387,21 @@ async def exchange(app, scope: dict, *, body=(b"",), limit_s: float = 2.0, inner
     return result
 
 
-async def time_per_request(app, scope: dict, *, n: int = 200, warmup: int = 20, limit_s: float = 5.0) -> float:
+async def _demo_guard(coroutine, limit_s: float):
+    """Run a demo's coroutine under the watchdog; past `limit_s`, stop it with `DemoStopped`."""
+    try:
+        async with time_limit(limit_s):
+            return await coroutine
+    except CheckTimeout as exc:
+        raise DemoStopped(f"stopped after {limit_s:g} s: " + (
+            "the event loop was blocked (a busy loop or a blocking call in `async def`?)" if exc.blocked else
+            "a request never finished (does every part of the app return?)")) from None
+
+
+async def time_per_request(app, scope: dict, *, n: int = 200, warmup: int = 20, limit_s: float | None = None) -> float:
     """Seconds per request when `app` answers `scope` `n` times in a row, driven straight through
-    ASGI: no client, whose own cost would hide the app's. Guarded like `exchange`; a run that
-    does not finish in time raises (`DemoStopped` outside a check, TimeoutError inside one)."""
+    ASGI: no client, whose own cost would hide the app's. Guarded like `exchange`: past the limit
+    it raises (`DemoStopped` outside a check, TimeoutError inside one)."""
 
     async def one() -> None:
         given = False
@@ -415,11 +427,6 @@ async def time_per_request(app, scope: dict, *, n: int = 200, warmup: int = 20, 
         return (time.perf_counter() - start) / n
 
     if limit_active():
-        async with asyncio.timeout(limit_s):
+        async with asyncio.timeout(CHECK_LIMIT_S * 5 if limit_s is None else limit_s):
             return await run()
-    try:
-        async with time_limit(limit_s):
-            return await run()
-    except CheckTimeout as exc:
-        raise DemoStopped(f"stopped after {limit_s:g} s: "
-                          + ("the event loop was blocked" if exc.blocked else "a request never finished")) from None
+    return await _demo_guard(run(), harness.DEMO_LIMIT_S if limit_s is None else limit_s)
