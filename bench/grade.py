@@ -221,13 +221,15 @@ def nbgrader_source(lesson: dict) -> dict:
 
 
 def run_nbgrader(folder: Path, work: Path, timeout: float, expected: dict) -> tuple[float | None, str]:
+    """One nbgrader assignment per lesson (`l00`, `l01`), so that a notebook nbgrader gives up on does
+    not take the learner's other lesson with it; the wall time is both `autograde` runs."""
     if shutil.which("nbgrader", path=str(Path(PY).parent)) is None:
         return None, "nbgrader is not installed (pip install '.[bench]')"
     course = work / "nbgrader"
-    (course / "source" / "ps1").mkdir(parents=True)
     for lesson in (L00, L01):
-        notebook = nbgrader_source(lesson)
-        (course / "source" / "ps1" / f"{lesson['stem']}.ipynb").write_text(dumps(notebook), encoding="utf-8")
+        target = course / "source" / f"l{lesson['stem'][:2]}" / f"{lesson['stem']}.ipynb"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(dumps(nbgrader_source(lesson)), encoding="utf-8")
     (course / "nbgrader_config.py").write_text(
         "c = get_config()\n"
         f"c.CourseDirectory.root = {str(course)!r}\n"
@@ -236,10 +238,11 @@ def run_nbgrader(folder: Path, work: Path, timeout: float, expected: dict) -> tu
     nbgrader = str(Path(PY).parent / "nbgrader")
     env = dict(os.environ)  # nbgrader runs `alembic` from PATH when it makes its database
     env["PATH"] = str(Path(PY).parent) + os.pathsep + env.get("PATH", "")
-    generate = subprocess.run([nbgrader, "generate_assignment", "ps1", "--force"], cwd=course, env=env,
-                              capture_output=True, text=True)
-    if generate.returncode:
-        return None, "nbgrader generate_assignment failed: " + generate.stderr.strip().splitlines()[-1]
+    for assignment in ("l00", "l01"):
+        generate = subprocess.run([nbgrader, "generate_assignment", assignment, "--force"], cwd=course, env=env,
+                                  capture_output=True, text=True)
+        if generate.returncode:
+            return None, "nbgrader generate_assignment failed: " + generate.stderr.strip().splitlines()[-1]
     submitted = course / "submitted"
     for learner_dir in sorted(folder.iterdir()):
         for path in (learner_dir / "ps1").glob("*.ipynb"):
@@ -250,37 +253,42 @@ def run_nbgrader(folder: Path, work: Path, timeout: float, expected: dict) -> tu
             for cell in notebook["cells"]:  # as nbgrader's release would have carried them
                 if cell.get("id") in marks:
                     cell.setdefault("metadata", {})["nbgrader"] = marks[cell["id"]]
-            target = submitted / learner_dir.name / "ps1" / path.name
+            target = submitted / learner_dir.name / f"l{lesson['stem'][:2]}" / path.name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(dumps(notebook), encoding="utf-8")
-    started = time.perf_counter()
-    try:
-        autograde = subprocess.run([nbgrader, "autograde", "ps1", "--create", "--force"], cwd=course, env=env,
-                                   capture_output=True, text=True, timeout=WALL_LIMIT_S)
-    except subprocess.TimeoutExpired:
-        return None, f"nbgrader autograde did not finish in {WALL_LIMIT_S} s"
-    wall = time.perf_counter() - started
-    (work / "nbgrader.log").write_text(autograde.stdout + autograde.stderr, encoding="utf-8")
-    graded = len(list((course / "autograded").glob("*/ps1/*.ipynb")))
-    if autograde.returncode and not graded:
-        return None, "nbgrader autograde failed: " + (autograde.stderr.strip().splitlines() or ["?"])[-1]
-    return wall, f"{graded} notebooks autograded; " + nbgrader_scores(course, nbgrader, env, expected)
+    wall, log = 0.0, ""
+    for assignment in ("l00", "l01"):
+        started = time.perf_counter()
+        try:
+            autograde = subprocess.run([nbgrader, "autograde", assignment, "--create", "--force"], cwd=course, env=env,
+                                       capture_output=True, text=True, timeout=WALL_LIMIT_S)
+        except subprocess.TimeoutExpired:
+            return None, f"nbgrader autograde did not finish in {WALL_LIMIT_S} s"
+        wall += time.perf_counter() - started
+        log += autograde.stdout + autograde.stderr
+    (work / "nbgrader.log").write_text(log, encoding="utf-8")
+    graded = len(list((course / "autograded").glob("*/*/*.ipynb")))
+    given_up = sorted({line.rsplit("/submitted/", 1)[1] for line in log.splitlines()
+                       if "error processing assignment" in line and "/submitted/" in line})
+    note = f"{graded} of {len(expected)} notebooks autograded"
+    if given_up:
+        note += f" (gave up on {', '.join(given_up)})"
+    return wall, note + "; " + nbgrader_scores(course, nbgrader, env, expected)
 
 
 def nbgrader_scores(course: Path, nbgrader: str, env: dict, expected: dict) -> str:
-    """nbgrader's score per learner (both lessons are one assignment) against the right ones."""
+    """nbgrader's score per learner and lesson against the right ones."""
     subprocess.run([nbgrader, "export"], cwd=course, env=env, capture_output=True, text=True)
     try:
         with (course / "grades.csv").open(newline="", encoding="utf-8") as f:
-            scores = {row["student_id"]: float(row["raw_score"] or 0) for row in csv.DictReader(f)}
+            scores = {(row["student_id"], row["assignment"][1:]): float(row["raw_score"] or 0)
+                      for row in csv.DictReader(f)}
     except OSError:
         return "no scores exported"
-    right: dict[str, int] = {}
-    for (learner, _), (results, _) in expected.items():
-        right[learner] = right.get(learner, 0) + results.count(P)
-    wrong = [f"{learner} {scores.get(learner, 0):g} (right: {score})" for learner, score in sorted(right.items())
-             if scores.get(learner, 0) != score]
-    return "its scores are right for every learner" if not wrong else "its scores differ: " + ", ".join(wrong)
+    wrong = [f"{learner}/{lesson} {scores.get((learner, lesson), 0):g} (right: {results.count(P)})"
+             for (learner, lesson), (results, _) in sorted(expected.items())
+             if scores.get((learner, lesson), 0) != results.count(P)]
+    return "its scores are right for every one" if not wrong else "its scores differ: " + ", ".join(wrong)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -804,7 +804,8 @@ async def grade_notebook(job: Job, lesson: Lesson, first: "asyncio.Task", new_ke
                 if note:
                     outcome.notes[exercise] = note
         if step.check is None and run.status in ("timeout", "died"):
-            where = f"Cell {step.index + 1} of your notebook" if step.index >= 0 else "A cell"
+            first = next((line.strip() for line in step.source.splitlines() if line.strip()), "")
+            where = f"Your cell {step.index + 1} (it starts `{first[:60]}`)"
             what = "ran past its time limit and was stopped" if run.status == "timeout" else "made the kernel die"
             outcome.events.append(f"{where} {what}" + (
                 ": a fresh kernel ran your cells before it again and went on after it." if run.kernel_lost else "."))
@@ -1084,6 +1085,30 @@ class CpuWatch:
         then, before = history[0]
         return now - then >= 0.9 and (ticks - before) / self.TICK / (now - then) < 0.1
 
+    @staticmethod
+    def machine() -> tuple[int, int] | None:
+        """(idle, total) ticks of all cores since boot, from /proc/stat."""
+        try:
+            with open("/proc/stat", encoding="ascii") as f:
+                values = [int(v) for v in f.readline().split()[1:]]
+            return values[3] + values[4], sum(values[:8])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def spare_cores(self, now: float, cores: int) -> float:
+        """Cores left idle by everything on the machine (ours and others') over the last second."""
+        sample = self.machine()
+        if sample is None:
+            return 0.0
+        history = self.samples.setdefault(-1, [])
+        history.append((now, sample))
+        while len(history) > 2 and now - history[1][0] >= 1.0:
+            history.pop(0)
+        then, (idle0, total0) = history[0]
+        if now - then < 0.9 or sample[1] == total0:
+            return 0.0
+        return cores * (sample[0] - idle0) / (sample[1] - total0)
+
 
 async def grade_jobs(jobs: list[Job], lessons: dict[str, Lesson], book: Gradebook, *, workers: int, ahead: int,
                      timeout: float, notebook_timeout: float, fork: bool, feedback: Path | None,
@@ -1135,6 +1160,7 @@ async def grade_jobs(jobs: list[Job], lessons: dict[str, Lesson], book: Gradeboo
     running: dict = {}  # task → (job, holder of its current kernel)
     watch = CpuWatch()
     loop = asyncio.get_running_loop()
+    cores, spared = cpu_count(), float("-inf")
     try:
         if pending:
             await launcher.start()
@@ -1143,8 +1169,14 @@ async def grade_jobs(jobs: list[Job], lessons: dict[str, Lesson], book: Gradeboo
                 job = pending.popleft()
                 warm.append((job, asyncio.create_task(new_kernel(lessons[job.lesson]))))
             now = loop.time()
-            idle = sum(watch.idle(getattr(holder.get("kernel"), "pid", None), now) for _, holder in running.values())
-            while warm and len(running) < min(max_workers, workers + idle):
+            # More than `workers` at once only while cores are left idle: a running notebook that
+            # waits (a hung await, a check's timers) lends its core, and a machine with a core to
+            # spare for 1 s takes one more notebook (then looks again 2 s later).
+            extra = sum(watch.idle(getattr(holder.get("kernel"), "pid", None), now) for _, holder in running.values())
+            spare = watch.spare_cores(now, cores)
+            if len(running) >= workers and spare >= 0.75 and now - spared >= 2.0:
+                extra, spared = extra + 1, now
+            while warm and len(running) < min(max_workers, workers + extra):
                 job, first = warm.popleft()
                 lesson, holder = lessons[job.lesson], {}
                 task = asyncio.create_task(grade_notebook(job, lesson, first, lambda lesson=lesson: new_kernel(lesson),
@@ -1215,9 +1247,11 @@ def main(args) -> int:
         done = book.done()
         todo = [job for job in jobs if done.get(job.rel) != job.digest]
         workers = max(1, int(getattr(args, "jobs", None) or cpu_count()))
+        max_jobs = max(workers, int(getattr(args, "max_jobs", None) or 2 * workers))
         skipped = len(jobs) - len(todo)
         print(f"grading {len(todo)} notebook(s)" + (f" ({skipped} already in {out})" if skipped else "")
-              + (f", shard {part[0]}/{part[1]}" if part else "") + f", {workers} at a time")
+              + (f", shard {part[0]}/{part[1]}" if part else "") + f", {workers} at a time"
+              + (f" (up to {max_jobs} while some only wait)" if max_jobs > workers else ""))
         feedback = Path(args.feedback) if getattr(args, "feedback", None) else None
         started = time.perf_counter()
         try:
@@ -1225,7 +1259,7 @@ def main(args) -> int:
                 todo, lessons, book, workers=workers, ahead=int(getattr(args, "ahead", None) or workers),
                 timeout=float(getattr(args, "timeout", None) or 30.0),
                 notebook_timeout=float(getattr(args, "notebook_timeout", None) or 900.0),
-                max_workers=getattr(args, "max_jobs", None) or 2 * workers,
+                max_workers=max_jobs,
                 fork=(not getattr(args, "no_fork", False)) and hasattr(os, "fork") and sys.platform == "linux",
                 feedback=feedback, say=(lambda *a: None) if getattr(args, "quiet", False) else print))
         finally:
