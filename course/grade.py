@@ -428,7 +428,11 @@ def _become_kernel(request: dict, parent: int) -> None:
 
 
 def kernel_env() -> dict:
+    from .build import ROOT
+
     env = {k: v for k, v in os.environ.items() if k not in ("COURSE_PROGRESS_FILE", "JPY_PARENT_PID")}
+    # The course's packages (`checks`, `course`) importable however the course was installed.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
     return env
@@ -734,9 +738,10 @@ def _judge(cell: CheckCell, name: str, run: CellRun, lesson: Lesson) -> tuple[st
         if not wants_extra or (extra and extra[-1]["metadata"]["course-check"].get("passed") is True):
             return PASSED, ""
     if run.status == "died":
-        return DIED, "the kernel died while this check ran"
+        return DIED, ("The kernel died while this check ran your code: something it called ended or crashed the "
+                      "Python process (os._exit, a crash in a C extension, running out of memory).")
     if run.status == "timeout":
-        return TIMED_OUT, "the check cell did not finish in time"
+        return TIMED_OUT, "The check did not finish even well past its own time limit, and was stopped."
     if not course:
         return FAILED, f"the check could not run: {run.error}" if run.error else "the check recorded no result"
     return FAILED, ""
