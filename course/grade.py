@@ -375,7 +375,7 @@ def zygote_main() -> None:
         os.write(1, (json.dumps(message) + "\n").encode())
 
     emit({"ready": me})
-    buffer = b""
+    buffer, children = b"", set()
     while True:
         readable, _, _ = select.select([0], [], [], 0.05)
         while True:  # reap, and say which kernels ended
@@ -385,11 +385,17 @@ def zygote_main() -> None:
                 break
             if pid == 0:
                 break
+            children.discard(pid)
             emit({"exit": pid, "code": os.waitstatus_to_exitcode(status)})
         if not readable:
             continue
         chunk = os.read(0, 65536)
         if not chunk:  # the grader is gone: so are its kernels
+            for pid in children:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except OSError:
+                    pass
             os._exit(0)
         buffer += chunk
         while b"\n" in buffer:
@@ -398,6 +404,7 @@ def zygote_main() -> None:
             pid = os.fork()
             if pid == 0:
                 _become_kernel(request, me)
+            children.add(pid)
             emit({"pid": pid})
 
 
@@ -1165,6 +1172,12 @@ async def grade_jobs(jobs: list[Job], lessons: dict[str, Lesson], book: Gradeboo
     running: dict = {}  # task → (job, holder of its current kernel)
     watch = CpuWatch()
     loop = asyncio.get_running_loop()
+    try:  # SIGTERM (a stopped pod, `kill`) ends the run as Ctrl-C does: kernels closed, rows kept
+        import signal
+
+        loop.add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
+    except (NotImplementedError, AttributeError, RuntimeError):
+        pass
     cores, spared = cpu_count(), float("-inf")
     try:
         if pending:
@@ -1267,6 +1280,10 @@ def main(args) -> int:
                 max_workers=max_jobs,
                 fork=(not getattr(args, "no_fork", False)) and hasattr(os, "fork") and sys.platform == "linux",
                 feedback=feedback, say=(lambda *a: None) if getattr(args, "quiet", False) else print))
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            print(f"interrupted: {len(book.rows)} row(s) kept in {out}; the same command goes on from there",
+                  file=sys.stderr)
+            return 130
         finally:
             book.close()
         rows = book.rows

@@ -284,3 +284,40 @@ def test_forked_kernels_are_fresh_processes_with_their_own_random_state(tmp_path
     first, second = asyncio.run(two_kernels())
     assert first[0] != second[0] and first[1] != second[1] and first[2] != second[2]
     assert first[3] is False and second[3] is False and first[4] is None and second[4] is None
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="reads /proc to see that the kernel is gone")
+def test_a_stopped_run_keeps_its_rows_and_leaves_no_kernel_behind(tmp_path):
+    """SIGTERM (a pod stopped, `kill`) mid-run: finished rows stay, running kernels are ended."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder, pidfile = tmp_path / "class", tmp_path / "kernel.pid"
+    copy = learner_copy()
+    write(folder / "ana" / "00_welcome.ipynb", with_cells(copy, {"c15": RIGHT}))
+    stuck = f"import os, time\nopen({str(pidfile)!r}, 'w').write(str(os.getpid()))\ntime.sleep(600)\n"
+    write(folder / "bo" / "00_welcome.ipynb", with_cells(copy, {"c15": stuck}))
+    out = tmp_path / "gradebook.csv"
+    course = Path(sys.executable).parent / "course"
+    proc = subprocess.Popen([str(course), "grade", str(folder), "--out", str(out), "--jobs", "1", "--max-jobs", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (pidfile.exists() and pidfile.read_text() and out.exists() and len(rows(out)) == 1):
+            assert time.monotonic() < deadline and proc.poll() is None, "the run did not get going"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "interrupted: 1 row(s) kept" in proc.stderr.read()
+    assert list(rows(out)) == ["ana/00_welcome.ipynb"]
+    kernel = int(pidfile.read_text())
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{kernel}") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not os.path.exists(f"/proc/{kernel}"), "the stuck kernel outlived the run"
