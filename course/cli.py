@@ -74,7 +74,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--canvas", metavar="CSV", help="also write a file for Canvas's gradebook import")
     p.add_argument("--moodle", metavar="CSV", help="also write a file for Moodle's CSV grade import")
     p.add_argument("--extra-checks", metavar="DIR", help="instructor-only checks: DIR/lessonNN.py, never shown to learners")
-    p.add_argument("--timeout", type=float, metavar="S", help="seconds per cell beyond a check's own limit (default 30)")
+    p.add_argument("--timeout", type=float, metavar="S", help="seconds per cell (default 30; a check cell gets at least its check's limit + 15 s)")
     p.add_argument("--notebook-timeout", type=float, metavar="S", help="seconds per notebook in all (default 900)")
     p.add_argument("--regrade", action="store_true", help="grade every notebook again, even those already in --out")
     p.add_argument("--solutions", metavar="DIR", help=argparse.SUPPRESS)
