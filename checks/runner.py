@@ -11,6 +11,7 @@ anything failed. Tests call `await check_hello.report(app)` to get the report it
 from __future__ import annotations
 
 import functools
+import gc
 import time
 import warnings
 
@@ -39,6 +40,11 @@ class Check:
     async def report(self, *args, **kwargs) -> Report:
         """Run the check and return its report, without showing it or raising."""
         report = Report(self.title)
+        # Garbage from an earlier attempt (a coroutine never awaited, an unclosed client) would
+        # warn in the middle of this check, pointing at whatever code ran then: collect it first.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gc.collect()
         started = time.perf_counter()
         try:
             # Warnings are shown, never raised: a learner's `simplefilter("error")`, or a test

@@ -147,3 +147,33 @@ async def test_each_request_gets_its_own_state_like_under_uvicorn():
     async with serve(app) as client:
         responses = await asyncio.gather(*(client.get(f"/mine/{i}") for i in range(5)))
     assert [r.json() for r in responses] == [{"mine": str(i), "greeting": "hi"} for i in range(5)]
+
+
+def test_warnings_left_by_an_earlier_attempt_do_not_surface_in_the_next_check(recwarn):
+    import asyncio
+    import gc
+
+    from checks import check
+
+    async def never_awaited():
+        pass
+
+    holder = [never_awaited()]  # an earlier attempt forgot an `await`
+    holder.append(holder)  # a cycle: only the garbage collector frees it
+
+    @check("a check after that", limit_s=5)
+    async def later(report):
+        report.add("ran", True)
+
+    gc.disable()
+    try:
+        del holder
+        seen = []
+        with __import__("warnings").catch_warnings(record=True) as caught:
+            __import__("warnings").simplefilter("always")
+            report = asyncio.run(later.report())
+            seen = [str(w.message) for w in caught]
+    finally:
+        gc.enable()
+    assert report.passed
+    assert not [text for text in seen if "never awaited" in text]
