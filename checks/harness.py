@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import sysconfig
 import traceback
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,14 +23,9 @@ from typing import AsyncIterator
 import httpx
 from asgi_lifespan import LifespanManager
 
-from .watchdog import CheckTimeout, limit_active, time_limit
+from .watchdog import CheckTimeout, is_learner_file, limit_active, time_limit
 
 BASE_URL = "http://testserver"
-_LIBRARY_DIRS = tuple(
-    os.path.abspath(path) + os.sep
-    for path in {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
-)
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 @dataclass
@@ -55,9 +49,7 @@ class AppClient(httpx.AsyncClient):
         return [error for error in self.app_errors if error.path == path]
 
 
-def _is_learner_file(filename: str) -> bool:
-    filename = os.path.abspath(filename)
-    return not (filename.startswith(_LIBRARY_DIRS) or filename.startswith(_PACKAGE_DIR) or filename.startswith("<frozen"))
+_is_learner_file = is_learner_file  # the name the lessons import
 
 
 def _learner_frame(exc: BaseException):

@@ -44,7 +44,8 @@ from urllib.parse import urlsplit
 from asgi_lifespan import LifespanManager
 from starlette.background import BackgroundTask
 
-from .harness import DEMO_LIMIT_S, AppStartupError, DemoStopped, _learner_frame_of, describe_exception
+from . import harness
+from .harness import AppStartupError, DemoStopped, _learner_frame_of, describe_exception
 from .watchdog import CheckTimeout, limit_active, time_limit
 
 SERVER = ("testserver", 80)
@@ -582,13 +583,13 @@ async def record(app, *, title: str | None = None, limit_s: float | None = None,
     """Run `app`'s lifespan and yield a `Recorder` wired to it; shut it down on exit.
 
     Keyword arguments are `_record`'s. Outside a check the whole block has a time limit
-    (`limit_s`, default `DEMO_LIMIT_S`), as `serve()` has.
+    (`limit_s`, default `harness.DEMO_LIMIT_S`), as `serve()` has.
     """
     if limit_active():
         async with _record(app, title=title, **kwargs) as recorder:
             yield recorder
         return
-    limit = DEMO_LIMIT_S if limit_s is None else limit_s
+    limit = harness.DEMO_LIMIT_S if limit_s is None else limit_s  # read now: graders shorten it
     try:
         async with time_limit(limit):
             async with _record(app, title=title, **kwargs) as recorder:

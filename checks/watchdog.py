@@ -16,14 +16,21 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import os
 import signal
+import sysconfig
 import threading
+import warnings
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _ASYNCIO_DIR = os.path.dirname(os.path.abspath(asyncio.__file__))
+_LIBRARY_DIRS = tuple(
+    os.path.abspath(path) + os.sep
+    for path in {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+)
 # How long after the soft deadline the hard one fires, and how often it re-fires
 # (several blocked tasks each need their own interruption).
 HARD_GRACE_S = 1.0
@@ -60,17 +67,46 @@ class _State:
     fired: bool = False
 
 
+def is_learner_file(filename: str) -> bool:
+    """Neither the standard library, an installed package, this package nor frozen code."""
+    if filename.startswith("<frozen"):
+        return False  # checked first: abspath("<frozen runpy>") is a path in the cwd
+    filename = os.path.abspath(filename)
+    return not (filename.startswith(_LIBRARY_DIRS) or filename.startswith(_PACKAGE_DIR + os.sep))
+
+
 def _is_internal(frame) -> bool:
     """True when the interrupted frame belongs to asyncio, selectors or this package
-    (but not to the `time.sleep` wrapper, which runs on behalf of the learner's code)."""
-    if frame is not None and frame.f_code.co_name == "_watched_sleep":
+    (but not to the `time.sleep` wrapper, which runs on behalf of the learner's code).
+
+    A wait in threading or selectors counts as the learner's when learner code called it
+    from inside a task (`future.result()` on the loop's own thread waits forever); the
+    loop's idle `select()` is reached from asyncio without learner code in between.
+    """
+    if frame is None:
         return False
-    filename = os.path.abspath(frame.f_code.co_filename) if frame else ""
-    return (
-        filename.startswith(_ASYNCIO_DIR + os.sep)
-        or filename.startswith(_PACKAGE_DIR + os.sep)
-        or os.path.basename(filename) in {"selectors.py", "threading.py"}
-    )
+    if frame.f_code.co_name == "_watched_sleep":
+        return False
+    filename = os.path.abspath(frame.f_code.co_filename)
+    if filename.startswith(_ASYNCIO_DIR + os.sep) or filename.startswith(_PACKAGE_DIR + os.sep):
+        return True
+    if os.path.basename(filename) in {"selectors.py", "threading.py"}:
+        return not _called_by_learner(frame)
+    return False
+
+
+def _called_by_learner(frame) -> bool:
+    """A learner frame calls `frame` before asyncio or this package does."""
+    frame = frame.f_back
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if is_learner_file(name):
+            return True
+        path = os.path.abspath(name)
+        if path.startswith(_ASYNCIO_DIR + os.sep) or path.startswith(_PACKAGE_DIR + os.sep):
+            return False
+        frame = frame.f_back
+    return False
 
 
 def _can_use_signals() -> bool:
@@ -100,6 +136,7 @@ async def time_limit(seconds: float, hard_grace_s: float | None = None):
         previous = signal.signal(signal.SIGALRM, on_alarm)
         signal.setitimer(signal.ITIMER_REAL, seconds + hard_grace_s, REFIRE_S)
     token = _limited.set(True)
+    stopped = False
     try:
         soft = asyncio.timeout(seconds)
         try:
@@ -123,8 +160,23 @@ async def time_limit(seconds: float, hard_grace_s: float | None = None):
         if state.fired:
             # The blocked code ran in another task that died; ours finished anyway.
             raise CheckTimeout(seconds, blocked=True)
+    except CheckTimeout:
+        stopped = True
+        raise
     finally:
         _limited.reset(token)
         if use_signals:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous if previous is not None else signal.SIG_DFL)
+        if stopped:
+            _collect_now()
+
+
+def _collect_now() -> None:
+    """Collect what stopped code left (a torn-down app's lifespan task, cancelled coroutines) now,
+    with the alarm off. Left to a later collection, their finalizers may run while IPython
+    compiles the next cell, which on Python 3.11.7 fails with "SystemError: AST constructor
+    recursion depth mismatch" (CPython gh-106905) and the cell never answers."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gc.collect()

@@ -94,3 +94,26 @@ async def test_code_that_turns_the_cancellation_into_its_own_error_still_times_o
 
     elapsed, error = await elapsed_until_timeout(converts)
     assert not error.blocked and elapsed < 1.0
+
+
+async def test_waiting_on_the_loop_itself_from_a_coroutine_is_stopped():
+    # `run_coroutine_threadsafe(...).result()` inside `async def` waits for a coroutine that
+    # only the blocked loop could run: the wait is in threading.py, called by learner code.
+    async def answer():
+        return 42
+
+    async def deadlock():
+        future = asyncio.run_coroutine_threadsafe(answer(), asyncio.get_running_loop())
+        return future.result()
+
+    elapsed, error = await elapsed_until_timeout(deadlock)
+    assert error.blocked
+    assert elapsed < 0.3 + GRACE + 1.0
+
+
+def test_frozen_modules_are_not_learner_files():
+    from checks.watchdog import is_learner_file
+
+    assert not is_learner_file("<frozen runpy>")
+    assert not is_learner_file(asyncio.__file__)
+    assert is_learner_file(__file__)
