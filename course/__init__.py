@@ -4,7 +4,7 @@ equivalents; the autograder is the `checks` package.
 In a notebook:
     from course import reset, show_progress
     show_progress()         # every lesson with its ticks
-    reset("01", exercise=2) # a fresh exercise 2 of lesson 01 (your copy is kept in .backups/)
+    reset("01", exercise=2) # a fresh exercise 2 of lesson 01 (your saved copy is kept in .backups/)
 """
 
 from __future__ import annotations
@@ -18,16 +18,13 @@ def show_progress(lesson: str | int | None = None):
 
 
 def reset(lesson: str | int, exercise: int | None = None) -> None:
-    """A fresh copy of a lesson (or one exercise of it); says where your copy is kept and what to do next."""
+    """A fresh copy of a lesson (or one exercise of it) on disk; your saved copy is kept in .backups/.
+
+    Save first (Ctrl+S): the copy kept is what is on disk, not what the browser holds.
+    """
     from . import build
-    from .cli import RELOAD
 
     try:
-        target, backup = build.reset(str(lesson).zfill(2), exercise)
+        print("\n".join(build.reset_messages(str(lesson), exercise)))
     except build.BuildError as exc:
         print(f"reset: {exc}")
-        return
-    what = f"exercise {exercise} of {target.name}" if exercise else target.name
-    print(f"Fresh copy of {what} written.")
-    print(f"Your previous copy is kept in {build._shown(backup)}." if backup else "There was nothing of yours to keep.")
-    print(RELOAD)

@@ -265,6 +265,33 @@ def reset(lesson: str, exercise: int | None = None, solutions: Path = SOLUTIONS,
     return target, _write(target, dumps(mine), backups)
 
 
+RELOAD = ("If the notebook is open in JupyterLab: File > Reload Notebook from Disk and confirm with Reload "
+          "(if JupyterLab asks \"File Changed\" instead, choose Revert, not Overwrite); "
+          "then Kernel > Restart Kernel.")
+
+
+def reset_messages(lesson: str, exercise: int | None = None, **paths) -> list[str]:
+    """Reset (as `reset`) and say what happened, in the words a learner needs next."""
+    lesson = str(lesson).zfill(2) if str(lesson).isdigit() else str(lesson)  # 1 -> "01"
+    source = _lesson_file(lesson, paths.get("solutions", SOLUTIONS))
+    target = paths.get("notebooks", NOTEBOOKS) / source.name
+    before = target.read_bytes() if target.exists() else None
+    target, backup = reset(lesson, exercise, **paths)
+    what = f"exercise {exercise} of {target.name}" if exercise else target.name
+    if before is not None and target.read_bytes() == before:
+        lines = [f"{_shown(target)} on disk already has a fresh {what}: nothing was written."]
+    else:
+        lines = [f"Fresh copy of {what} written to {_shown(target)}."]
+    if backup:
+        lines.append(f"Your previous copy is kept in {_shown(backup)}.")
+    elif before is not None:
+        # What is on disk is the course's own build: any typing the browser holds was never saved.
+        lines.append("Nothing of yours was saved on disk, so no copy was kept (work typed but not saved "
+                     "lives only in the browser: save with Ctrl+S before a reset to keep a copy).")
+    lines.append(RELOAD)
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m course.build`: the same as `course build`."""
     from .cli import main as cli_main

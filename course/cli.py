@@ -3,7 +3,8 @@
     course build [--check]          regenerate notebooks/ from solutions/ (changed copies are kept)
     course reset NN [--exercise N]  a fresh copy of lesson NN, or of one exercise in it
     course progress [NN]            which exercises pass
-    course grade FOLDER --out gradebook.csv
+    course grade FOLDER --out gradebook.csv [--feedback DIR] [--shard K/N | --merge PART...]
+                                    run every notebook in FOLDER, one gradebook row per learner and lesson
 """
 
 from __future__ import annotations
@@ -12,10 +13,6 @@ import argparse
 import sys
 
 from . import build, progress
-
-RELOAD = ("If the notebook is open in JupyterLab: File > Reload Notebook from Disk (if asked "
-          "\"File Changed\", choose Revert, not Overwrite), then Kernel > Restart Kernel.")
-
 
 def _build(args) -> int:
     if args.check:
@@ -29,11 +26,7 @@ def _build(args) -> int:
 
 
 def _reset(args) -> int:
-    target, backup = build.reset(args.lesson, args.exercise)
-    what = f"exercise {args.exercise} of {target.name}" if args.exercise else target.name
-    print(f"fresh copy of {what} written to {build._shown(target)}")
-    print(f"your previous copy is kept in {build._shown(backup)}" if backup else "(there was nothing of yours to keep)")
-    print(RELOAD)
+    print("\n".join(build.reset_messages(args.lesson, args.exercise)))
     return 0
 
 

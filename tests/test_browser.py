@@ -380,7 +380,7 @@ def test_learner_journey_through_lesson_00(lab):
     said = notebook.cells.nth(reset_index).locator(".jp-OutputArea-output", has_text="Fresh copy")
     said.wait_for(timeout=WAIT_MS)
     message = said.inner_text()
-    assert "Fresh copy of exercise 1 of 00_welcome.ipynb written." in message, message
+    assert "Fresh copy of exercise 1 of 00_welcome.ipynb written to notebooks/00_welcome.ipynb." in message, message
     assert ".backups/" in message and "Revert" in message and "Reload Notebook from Disk" in message, message
     shoot(page, said, "00-6-reset-from-a-cell.png")
 

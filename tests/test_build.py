@@ -208,3 +208,24 @@ def test_region_in_a_method_raises_not_implemented():
 def test_region_under_a_multi_line_signature_raises_not_implemented():
     source = "async def f(\n    a: int,\n) -> int:\n    ### BEGIN SOLUTION\n    return a\n    ### END SOLUTION\n"
     assert strip_solutions(source).endswith('    raise NotImplementedError("this exercise is not written yet")\n')
+
+
+def test_reset_says_what_it_did_and_what_was_never_saved(tmp_path):
+    solutions, notebooks, backups = _course(tmp_path, code("### BEGIN SOLUTION\nx = 1\n### END SOLUTION"))
+    paths = dict(solutions=solutions, notebooks=notebooks, backups=backups)
+    build.build(solutions, notebooks, backups)
+    # Nothing saved since the build (a learner typed in the browser only): no copy, and it says why.
+    said = build.reset_messages("07", 1, **paths)
+    assert "nothing was written" in said[0]
+    assert "Nothing of yours was saved on disk" in said[1] and "Ctrl+S" in said[1]
+    assert "Reload Notebook from Disk" in said[-1] and "Revert, not Overwrite" in said[-1]
+    assert not backups.exists()
+    # Saved work: written fresh, the copy named.
+    target = notebooks / "07_demo.ipynb"
+    mine = json.loads(target.read_text())
+    mine["cells"][0]["source"] = "x = 'mine'"
+    target.write_text(build.dumps(mine))
+    said = build.reset_messages(7, **paths)
+    assert said[0] == f"Fresh copy of 07_demo.ipynb written to {target}."
+    (kept,) = backups.iterdir()
+    assert said[1] == f"Your previous copy is kept in {kept}."
