@@ -265,9 +265,10 @@ def reset(lesson: str, exercise: int | None = None, solutions: Path = SOLUTIONS,
     return target, _write(target, dumps(mine), backups)
 
 
-RELOAD = ("If the notebook is open in JupyterLab: File > Reload Notebook from Disk and confirm with Reload "
-          "(if JupyterLab asks \"File Changed\" instead, choose Revert, not Overwrite); "
-          "then Kernel > Restart Kernel.")
+RELOAD = ("If the notebook is open in JupyterLab:\n"
+          "  1. File > Reload Notebook from Disk, and confirm with Reload\n"
+          "     (if JupyterLab asks \"File Changed\" instead, choose Revert, not Overwrite);\n"
+          "  2. Kernel > Restart Kernel.")
 
 
 def reset_messages(lesson: str, exercise: int | None = None, **paths) -> list[str]:
