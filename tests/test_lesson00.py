@@ -1,9 +1,11 @@
 """Lesson 00's check: right answers pass, the usual mistakes fail with the right hint."""
 
 import gc
+from typing import Annotated
 
 import pytest
 from fastapi import FastAPI, Query
+from pydantic import BaseModel
 
 from checks import CheckFailed
 from checks.lesson00 import check_hello
@@ -28,7 +30,15 @@ def right_sync_with_query(name: str = Query("world", max_length=50)):
     return {"message": "Hello, " + name + "!"}
 
 
-@pytest.mark.parametrize("endpoint", [right_async, right_sync_with_query])
+class Greeting(BaseModel):
+    message: str
+
+
+async def right_annotated_with_a_return_type(name: Annotated[str, Query()] = "world") -> Greeting:
+    return Greeting(message=f"Hello, {name}!")
+
+
+@pytest.mark.parametrize("endpoint", [right_async, right_sync_with_query, right_annotated_with_a_return_type])
 async def test_right_answers_pass(endpoint):
     report = await check_hello.report(hello_app(endpoint))
     assert report.passed, report.text()
