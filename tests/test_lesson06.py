@@ -296,3 +296,29 @@ async def test_the_catch_all_500_misses_the_request_id_unless_the_handler_adds_i
         async with serve(shop_app(install), raise_app_exceptions=False) as client:
             response = await client.get("/crash", headers={"X-Request-ID": "rid-42"})
         assert response.status_code == 500 and response.headers.get("x-request-id") == expected
+
+
+async def test_a_handler_for_pydantics_validation_error_never_runs_and_the_old_422_name_warns():
+    # What the lesson's "A handler that never runs" cell shows.
+    import warnings
+
+    from fastapi import status
+
+    from checks import serve
+
+    calls = []
+
+    def add_pydantic_handler(app):
+        @app.exception_handler(pydantic.ValidationError)
+        async def never_called(request, exc):
+            calls.append(exc)
+            return JSONResponse({"error": "caught"}, status_code=400)
+
+    async with serve(lesson["shop_app"](add_pydantic_handler), raise_app_exceptions=False) as client:
+        response = await client.post("/items", json={"price": -1})
+    assert response.status_code == 422 and list(response.json()) == ["detail"] and calls == []
+    assert not issubclass(RequestValidationError, pydantic.ValidationError)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        status.HTTP_422_UNPROCESSABLE_ENTITY
+    assert [type(w.message).__name__ for w in caught] == ["StarletteDeprecationWarning"]
