@@ -50,12 +50,15 @@ def main(paths: list[str]) -> int:
     floor = statistics.median(floors)  # one slow kernel start should not set it
     print(f"floor (kernel start + imports): {floor:.2f} s  (runs: {', '.join(f'{f:.2f}' for f in floors)})\n")
     print(f"{'notebook':<24} {'seconds':>8} {'÷ floor':>8}")
-    rows, total = [], 0.0
+    rows, total, slowest = [], 0.0, []
     for path in notebooks:
         notebook = nbformat.read(path, as_version=4)
         seconds = run(notebook, path.parent)
         total += seconds
         print(f"{path.stem:<24} {seconds:8.2f} {seconds / floor:8.1f}")
+        slowest.append((path.stem, sorted(
+            ((cell_seconds(cell), index, cell.source.splitlines()[0] if cell.source else "")
+             for index, cell in enumerate(notebook.cells) if cell.cell_type == "code"), reverse=True)[:3]))
         for index, cell in enumerate(notebook.cells):
             if "check" in cell.metadata.get("tags", []):
                 metrics = check_metrics(cell)
@@ -66,6 +69,11 @@ def main(paths: list[str]) -> int:
     print(f"{'check cell':<30} {'wall s':>7} {'waits s':>8} {'own s':>7}  passed")
     for stem, index, wall, waits, passed in rows:
         print(f"{stem + ' #' + str(index):<30} {wall:7.3f} {waits:8.3f} {wall - waits:7.3f}  {passed}")
+    # Where a notebook's time goes: demos that wait on purpose (sleeps, slow stand-in services) are
+    # expected here; a slow cell that does not wait is worth a look.
+    print("\nslowest cells per notebook (seconds, cell, first line)")
+    for stem, cells in slowest:
+        print(f"{stem}: " + "; ".join(f"{wall:.2f} #{index} {line[:40]!r}" for wall, index, line in cells))
     return 0
 
 
