@@ -91,8 +91,10 @@ class LoopSampler:
             found = _learner_frame_in_loop(top) if top is not None else None
             # Keyed by the outermost learner frame (the route): CPU work spread over many calls of a
             # helper still stays in it. A coroutine that awaits leaves the stack: the key changes.
-            key = (id(found[0]), found[0].f_code) if found else None
-            if key is None or key != last_key:
+            # The frame itself, not its id(): held here, it cannot be freed and its address reused
+            # by the next request's route frame (back-to-back requests would merge into one stay).
+            key = found[0] if found else None
+            if key is None or key is not last_key:
                 last_key, since, cpu_since, samples, looping, episode = key, now, cpu, 1, False, None
                 del top, found
                 continue
