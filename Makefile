@@ -42,7 +42,7 @@ bench: $(VENV)/.installed-dev        ## seconds per notebook and per check cell
 	$(PY) bench/notebooks.py
 
 bench-verdicts: $(VENV)/.installed-dev  ## wrong verdicts and margins of the timing checks, idle and loaded
-	$(PY) -u bench/verdicts.py --runs 50
+	$(PY) -u bench/verdicts.py --runs 15  # about 12 min on 2 cores (10 runs took 468 s)
 
 # Setup says what it does: about a minute the first time, then nothing until pyproject.toml changes.
 $(VENV)/.installed-%: pyproject.toml
