@@ -12,15 +12,11 @@ judged by enclosure: it must cover the backend call it timed and fit inside the 
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import random
 import secrets
-import signal
-import threading
 import time
 import uuid
-from contextlib import contextmanager
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -189,28 +185,6 @@ def course_admin_app(lesson_app) -> FastAPI:
 
 
 # ---- saying what happened, shortly -------------------------------------------------------------
-
-@contextmanager
-def collected_when_stopped():
-    """When a check is stopped (its time limit, a blocked loop), collect the garbage the torn-down
-    app left (pending tasks of its lifespan, cancelled coroutines) now, at a safe point. Left to
-    a later collection, their finalizers may run while IPython compiles the next cell, which on
-    Python 3.11.7 fails the kernel's handler with "SystemError: AST constructor recursion depth
-    mismatch" (CPython gh-106905) and the cell never answers: seen in hostile runs of this lesson."""
-    try:
-        yield
-    except BaseException:
-        # The watchdog's alarm is held back meanwhile: a finalizer run by the collection is not
-        # learner code that blocks the loop, and must not be taken for it.
-        main = threading.current_thread() is threading.main_thread() and hasattr(signal, "pthread_sigmask")
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM}) if main else None
-        try:
-            gc.collect()
-        finally:
-            if held is not None:
-                signal.pthread_sigmask(signal.SIG_SETMASK, held)
-        raise
-
 
 def short_error(exc: BaseException) -> str:
     """One line for an exception; a validation error gives its first field, not its whole text."""
@@ -483,9 +457,8 @@ async def _judge_request_context(report, app) -> bool:
 
 @check("Lesson 05 · X-Request-ID and X-Process-Time on every response, errors included", limit_s=15)
 async def check_request_headers(report, lesson_app, middleware):
-    with collected_when_stopped():
-        app = _build(lesson_app, middleware)
-        await _judge_request_context(report, app)
+    app = _build(lesson_app, middleware)
+    await _judge_request_context(report, app)
 
 
 # ---- exercise 2: pure ASGI, against the spec --------------------------------------------------
@@ -521,125 +494,124 @@ def _inner_headers(marker: str):
 
 @check("Lesson 05 · RequestContextMiddleware is pure ASGI that keeps the spec", limit_s=20)
 async def check_asgi_middleware(report, lesson_app, middleware):
-    with collected_when_stopped():
-        if not isinstance(middleware, type) or not callable(getattr(middleware, "__call__", None)):
-            report.fail("a middleware class", observed=f"got {type(middleware).__name__} {middleware!r:.60}",
-                        expected="a class whose __init__ takes the app and whose __call__ takes scope, receive, send",
-                        hint="Pure ASGI middleware is a class: `__init__(self, app)` and `async __call__(self, scope, receive, send)`.")
-            return
+    if not isinstance(middleware, type) or not callable(getattr(middleware, "__call__", None)):
+        report.fail("a middleware class", observed=f"got {type(middleware).__name__} {middleware!r:.60}",
+                    expected="a class whose __init__ takes the app and whose __call__ takes scope, receive, send",
+                    hint="Pure ASGI middleware is a class: `__init__(self, app)` and `async __call__(self, scope, receive, send)`.")
+        return
 
-        # 0. The lifespan (and any other scope) passes straight through.
-        inner = ScriptedApp()
-        lifespan = await exchange(middleware(inner), {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}},
-                                  inner=inner, limit_s=1.0)
-        passed = lifespan.error is None and not lifespan.timed_out and inner.calls == 1 and \
-            lifespan.spec.count("lifespan.startup.complete") == 1
-        if not report.add(
-            "the lifespan scope passes through untouched", passed,
-            observed=(f"your middleware raised {short_error(lifespan.error)} on a lifespan scope" if lifespan.error
-                      else "the app never got the lifespan scope" if inner.calls == 0 else "; ".join(lifespan.violations)),
-            expected="the app gets the lifespan scope, and its startup completes",
-            hint=_cause_hint(lifespan.error) if isinstance(lifespan.error, NotImplementedError) else
-            "Your middleware is called for every scope, the lifespan's too: when `scope[\"type\"] != \"http\"`, "
-            "`await self.app(scope, receive, send)` and return.",
-        ):
-            return
+    # 0. The lifespan (and any other scope) passes straight through.
+    inner = ScriptedApp()
+    lifespan = await exchange(middleware(inner), {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}},
+                              inner=inner, limit_s=1.0)
+    passed = lifespan.error is None and not lifespan.timed_out and inner.calls == 1 and \
+        lifespan.spec.count("lifespan.startup.complete") == 1
+    if not report.add(
+        "the lifespan scope passes through untouched", passed,
+        observed=(f"your middleware raised {short_error(lifespan.error)} on a lifespan scope" if lifespan.error
+                  else "the app never got the lifespan scope" if inner.calls == 0 else "; ".join(lifespan.violations)),
+        expected="the app gets the lifespan scope, and its startup completes",
+        hint=_cause_hint(lifespan.error) if isinstance(lifespan.error, NotImplementedError) else
+        "Your middleware is called for every scope, the lifespan's too: when `scope[\"type\"] != \"http\"`, "
+        "`await self.app(scope, receive, send)` and return.",
+    ):
+        return
 
-        # 1. Through the lesson's app: the same promises as exercise 1.
-        try:
-            app = lesson_app(asgi_middleware=middleware)
-        except Exception as exc:  # noqa: BLE001
-            report.fail("the app builds with your middleware", observed=short_error(exc), expected="no error",
-                        hint="`app.add_middleware(RequestContextMiddleware)` calls your `__init__(app)` with the app only.")
-            return
-        if not await _judge_request_context(report, app):
-            return
+    # 1. Through the lesson's app: the same promises as exercise 1.
+    try:
+        app = lesson_app(asgi_middleware=middleware)
+    except Exception as exc:  # noqa: BLE001
+        report.fail("the app builds with your middleware", observed=short_error(exc), expected="no error",
+                    hint="`app.add_middleware(RequestContextMiddleware)` calls your `__init__(app)` with the app only.")
+        return
+    if not await _judge_request_context(report, app):
+        return
 
-        # 2. Straight from ASGI: a streamed response, a request body, the lifespan's state.
-        marker = secrets.token_hex(4)
-        settings = object()
-        chunks = [f"row {i}\n".encode() for i in range(3)]
-        inner = ScriptedApp(headers=_inner_headers(marker), chunks=chunks)
-        rid = _client_id()
-        body = [b'{"name": ', b'"lamp"}']
-        result = await exchange(middleware(inner), http_scope("POST", "/upload", [("x-request-id", rid)],
-                                                              state={"settings": settings}), body=body, inner=inner,
+    # 2. Straight from ASGI: a streamed response, a request body, the lifespan's state.
+    marker = secrets.token_hex(4)
+    settings = object()
+    chunks = [f"row {i}\n".encode() for i in range(3)]
+    inner = ScriptedApp(headers=_inner_headers(marker), chunks=chunks)
+    rid = _client_id()
+    body = [b'{"name": ', b'"lamp"}']
+    result = await exchange(middleware(inner), http_scope("POST", "/upload", [("x-request-id", rid)],
+                                                          state={"settings": settings}), body=body, inner=inner,
+                            limit_s=1.0)
+    problems = list(result.violations)
+    if result.error is not None:
+        problems.append(f"raised {short_error(result.error)}")
+    reported = set(problems)
+    if not report.add("a streamed response keeps the ASGI spec", not problems, observed="; ".join(problems[:2]),
+                      expected="one start with lowercase bytes headers, bodies of bytes, one end",
+                      hint=_spec_hint(problems)) and result.timed_out:
+        return
+    lost = [name for name in ("content-type", "x-inner") if name not in result.headers] if result.status is not None else []
+    tags = [name for name in ("x-request-id", "x-process-time") if name not in result.headers]
+    report.add(
+        "the app's own headers stay, and yours are added", result.status == 200 and not lost and not tags
+        and result.headers.get("x-request-id") == rid,
+        observed=(f"status {result.status}; lost the app's {', '.join(lost)}" if lost else
+                  f"status {result.status}; headers {sorted(result.headers)}") if lost or tags or result.status != 200
+        or result.headers.get("x-request-id") != rid else "",
+        expected=f"content-type and x-inner kept; x-request-id {rid} and x-process-time added",
+        hint=("Add to `message[\"headers\"]` (a list of pairs); replacing it drops the app's own headers, "
+              "content-type included." if lost else "Add both headers to the `http.response.start` message."),
+    )
+    report.add(
+        "the chunks pass one by one, not held back", inner.buffered == 0 and result.spec.body_chunks == chunks,
+        observed=(f"the first chunk had not reached the server {inner.ack_s * 1000:.0f} ms after the app sent it "
+                  f"(timeline: {result.spec.timeline()})" if inner.buffered else
+                  f"the server got {result.spec.body_chunks!r:.80}" if result.spec.body_chunks != chunks else ""),
+        expected=f"each of the {len(chunks)} chunks sent on as it comes",
+        hint="Await `send(message)` for every message as it arrives; keeping them until the end turns a stream "
+             "(server-sent events, a download) into one late response.",
+    )
+    state = inner.scope.get("state") if isinstance(inner.scope, dict) else None
+    kept = isinstance(state, dict) and state.get("settings") is settings and state.get("request_id") == rid
+    report.add(
+        "the lifespan's state and the request body reach the app", kept and inner.received == b"".join(body),
+        observed="" if kept and inner.received == b"".join(body) else (f"the app got state {sorted(state) if isinstance(state, dict) else state!r}"
+                  + ("" if inner.received == b"".join(body) else f"; body {inner.received!r}, not {b''.join(body)!r}")),
+        expected="state with the lifespan's 'settings' and your 'request_id'; the whole body",
+        hint=("`scope[\"state\"]` already holds what the lifespan yielded: add the id to it; a new dict throws "
+              "that away." if not kept else "Leave `receive` to the app: a body your middleware reads is gone "
+                                               "for the app."),
+    )
+
+    # 3. Errors: before the start, a 500 with the headers; after it, the error goes on to the server.
+    rid = _client_id()
+    with _Records():
+        inner = ScriptedApp(fail_before_start=True)
+        before = await exchange(middleware(inner), http_scope("GET", "/x", [("x-request-id", rid)]), inner=inner,
                                 limit_s=1.0)
-        problems = list(result.violations)
-        if result.error is not None:
-            problems.append(f"raised {short_error(result.error)}")
-        reported = set(problems)
-        if not report.add("a streamed response keeps the ASGI spec", not problems, observed="; ".join(problems[:2]),
-                          expected="one start with lowercase bytes headers, bodies of bytes, one end",
-                          hint=_spec_hint(problems)) and result.timed_out:
-            return
-        lost = [name for name in ("content-type", "x-inner") if name not in result.headers] if result.status is not None else []
-        tags = [name for name in ("x-request-id", "x-process-time") if name not in result.headers]
-        report.add(
-            "the app's own headers stay, and yours are added", result.status == 200 and not lost and not tags
-            and result.headers.get("x-request-id") == rid,
-            observed=(f"status {result.status}; lost the app's {', '.join(lost)}" if lost else
-                      f"status {result.status}; headers {sorted(result.headers)}") if lost or tags or result.status != 200
-            or result.headers.get("x-request-id") != rid else "",
-            expected=f"content-type and x-inner kept; x-request-id {rid} and x-process-time added",
-            hint=("Add to `message[\"headers\"]` (a list of pairs); replacing it drops the app's own headers, "
-                  "content-type included." if lost else "Add both headers to the `http.response.start` message."),
-        )
-        report.add(
-            "the chunks pass one by one, not held back", inner.buffered == 0 and result.spec.body_chunks == chunks,
-            observed=(f"the first chunk had not reached the server {inner.ack_s * 1000:.0f} ms after the app sent it "
-                      f"(timeline: {result.spec.timeline()})" if inner.buffered else
-                      f"the server got {result.spec.body_chunks!r:.80}" if result.spec.body_chunks != chunks else ""),
-            expected=f"each of the {len(chunks)} chunks sent on as it comes",
-            hint="Await `send(message)` for every message as it arrives; keeping them until the end turns a stream "
-                 "(server-sent events, a download) into one late response.",
-        )
-        state = inner.scope.get("state") if isinstance(inner.scope, dict) else None
-        kept = isinstance(state, dict) and state.get("settings") is settings and state.get("request_id") == rid
-        report.add(
-            "the lifespan's state and the request body reach the app", kept and inner.received == b"".join(body),
-            observed="" if kept and inner.received == b"".join(body) else (f"the app got state {sorted(state) if isinstance(state, dict) else state!r}"
-                      + ("" if inner.received == b"".join(body) else f"; body {inner.received!r}, not {b''.join(body)!r}")),
-            expected="state with the lifespan's 'settings' and your 'request_id'; the whole body",
-            hint=("`scope[\"state\"]` already holds what the lifespan yielded: add the id to it; a new dict throws "
-                  "that away." if not kept else "Leave `receive` to the app: a body your middleware reads is gone "
-                                                   "for the app."),
-        )
-
-        # 3. Errors: before the start, a 500 with the headers; after it, the error goes on to the server.
-        rid = _client_id()
-        with _Records():
-            inner = ScriptedApp(fail_before_start=True)
-            before = await exchange(middleware(inner), http_scope("GET", "/x", [("x-request-id", rid)]), inner=inner,
-                                    limit_s=1.0)
-        problems = [v for v in before.violations if v not in reported]
-        reported.update(problems)
-        ok = not problems and not before.timed_out and before.status == 500 and before.headers.get("x-request-id") == rid \
-            and "x-process-time" in before.headers and before.spec.ended
-        report.add(
-            "an error before the response: one whole 500, tagged", ok,
-            observed="" if ok else "; ".join(problems[:2]) or (
-                "nothing was sent: the error went on to the server" if before.status is None else
-                f"status {before.status}, headers {sorted(before.headers)}"),
-            expected=f"start 500 with x-request-id {rid} and x-process-time, then the body",
-            hint=_spec_hint(problems) if problems else
-            "Catch the app's error while nothing was sent, log it, and send the 500 through your tagging `send`.",
-        )
-        with _Records():
-            inner = ScriptedApp(chunks=[b"row 1\n", b"row 2\n", b"row 3\n"], fail_after_chunks=1)
-            midway = await exchange(middleware(inner), http_scope(), inner=inner, limit_s=1.0)
-        problems = [v for v in midway.violations if v not in reported]
-        if midway.error is None and not problems and not midway.timed_out:
-            problems.append("the error was swallowed")
-        report.add(
-            "an error in the middle of the body goes on to the server", not problems and midway.error is not None
-            and not midway.timed_out,
-            observed=("; ".join(problems[:2]) + f" (timeline: {midway.spec.timeline()})") if problems else "",
-            expected="start, the first chunk, then the error raised out of your middleware",
-            hint=_spec_hint(problems) if problems and problems[0] != "the error was swallowed" else
-            "After `http.response.start` went out, re-raise: the server then drops the connection, and the client "
-            "knows the body is incomplete.",
-        )
+    problems = [v for v in before.violations if v not in reported]
+    reported.update(problems)
+    ok = not problems and not before.timed_out and before.status == 500 and before.headers.get("x-request-id") == rid \
+        and "x-process-time" in before.headers and before.spec.ended
+    report.add(
+        "an error before the response: one whole 500, tagged", ok,
+        observed="" if ok else "; ".join(problems[:2]) or (
+            "nothing was sent: the error went on to the server" if before.status is None else
+            f"status {before.status}, headers {sorted(before.headers)}"),
+        expected=f"start 500 with x-request-id {rid} and x-process-time, then the body",
+        hint=_spec_hint(problems) if problems else
+        "Catch the app's error while nothing was sent, log it, and send the 500 through your tagging `send`.",
+    )
+    with _Records():
+        inner = ScriptedApp(chunks=[b"row 1\n", b"row 2\n", b"row 3\n"], fail_after_chunks=1)
+        midway = await exchange(middleware(inner), http_scope(), inner=inner, limit_s=1.0)
+    problems = [v for v in midway.violations if v not in reported]
+    if midway.error is None and not problems and not midway.timed_out:
+        problems.append("the error was swallowed")
+    report.add(
+        "an error in the middle of the body goes on to the server", not problems and midway.error is not None
+        and not midway.timed_out,
+        observed=("; ".join(problems[:2]) + f" (timeline: {midway.spec.timeline()})") if problems else "",
+        expected="start, the first chunk, then the error raised out of your middleware",
+        hint=_spec_hint(problems) if problems and problems[0] != "the error was swallowed" else
+        "After `http.response.start` went out, re-raise: the server then drops the connection, and the client "
+        "knows the body is incomplete.",
+    )
 
 
 # ---- exercise 3: the guard, and where it sits -------------------------------------------------
@@ -683,106 +655,105 @@ def _guard_500_hint(exc) -> str:
 
 @check("Lesson 05 · /admin is guarded: 401 for every wrong key, tagged like any response", limit_s=15)
 async def check_guard(report, admin_api):
-    with collected_when_stopped():
-        try:
-            app = admin_api()
-        except Exception as exc:  # noqa: BLE001
-            report.fail("admin_api() builds the app", observed=short_error(exc), expected="an app",
-                        hint=_cause_hint(exc))
-            return
-        if app is None or not callable(app):
-            report.fail("admin_api() builds the app", observed=f"it returned {app!r:.60}", expected="the app",
-                        hint="End with `return app`.")
-            return
-        async with serve(app, raise_app_exceptions=False) as client:
-            # 1. Wrong keys on /admin/stats.
-            let_in, bad_401 = [], []
-            for what, kwargs, hint in _key_probes():
-                with _Records() as records:
-                    response = await client.get("/admin/stats", **kwargs)
-                if response.status_code >= 500:
-                    exc = _app_error(client, "/admin/stats", records)
-                    report.fail(f"GET /admin/stats with {what} → 401", observed=observed(response, client),
-                                expected="401", hint=_guard_500_hint(exc))
-                    return
-                if response.status_code != 401:
-                    let_in.append((what, response, hint))
-                elif not isinstance(_detail(response), str) or not _detail(response):
-                    bad_401.append((what, response))
-                elif API_KEY in response.text:
-                    bad_401.append((what, response))
-            if let_in:
-                what, response, hint = let_in[0]
-                report.fail(
-                    "every wrong key gets 401", observed="; ".join(f"{w} → {r.status_code}" for w, r, _ in let_in[:3]),
-                    expected="401 for each of: " + ", ".join(w for w, _, _ in _key_probes()),
-                    hint=("403 means \"known, but not allowed\"; no key or a wrong key is 401 (not authenticated)."
-                          if response.status_code == 403 else hint))
-            else:
-                report.add("every wrong key gets 401", True, observed=f"{len(_key_probes())} kinds of wrong key")
-            if not bad_401:
-                report.add("the 401 is JSON with a `detail` message, and does not show the key", True)
-            else:
-                what, response = bad_401[0]
-                report.fail("the 401 is JSON with a `detail` message, and does not show the key",
-                            observed=f"{what} → {observed(response)}", expected='{"detail": "..."}',
-                            hint=("Never echo the expected key." if API_KEY in response.text else
-                                  "Answer like FastAPI does: `JSONResponse({\"detail\": ...}, status_code=401)`."))
+    try:
+        app = admin_api()
+    except Exception as exc:  # noqa: BLE001
+        report.fail("admin_api() builds the app", observed=short_error(exc), expected="an app",
+                    hint=_cause_hint(exc))
+        return
+    if app is None or not callable(app):
+        report.fail("admin_api() builds the app", observed=f"it returned {app!r:.60}", expected="the app",
+                    hint="End with `return app`.")
+        return
+    async with serve(app, raise_app_exceptions=False) as client:
+        # 1. Wrong keys on /admin/stats.
+        let_in, bad_401 = [], []
+        for what, kwargs, hint in _key_probes():
+            with _Records() as records:
+                response = await client.get("/admin/stats", **kwargs)
+            if response.status_code >= 500:
+                exc = _app_error(client, "/admin/stats", records)
+                report.fail(f"GET /admin/stats with {what} → 401", observed=observed(response, client),
+                            expected="401", hint=_guard_500_hint(exc))
+                return
+            if response.status_code != 401:
+                let_in.append((what, response, hint))
+            elif not isinstance(_detail(response), str) or not _detail(response):
+                bad_401.append((what, response))
+            elif API_KEY in response.text:
+                bad_401.append((what, response))
+        if let_in:
+            what, response, hint = let_in[0]
+            report.fail(
+                "every wrong key gets 401", observed="; ".join(f"{w} → {r.status_code}" for w, r, _ in let_in[:3]),
+                expected="401 for each of: " + ", ".join(w for w, _, _ in _key_probes()),
+                hint=("403 means \"known, but not allowed\"; no key or a wrong key is 401 (not authenticated)."
+                      if response.status_code == 403 else hint))
+        else:
+            report.add("every wrong key gets 401", True, observed=f"{len(_key_probes())} kinds of wrong key")
+        if not bad_401:
+            report.add("the 401 is JSON with a `detail` message, and does not show the key", True)
+        else:
+            what, response = bad_401[0]
+            report.fail("the 401 is JSON with a `detail` message, and does not show the key",
+                        observed=f"{what} → {observed(response)}", expected='{"detail": "..."}',
+                        hint=("Never echo the expected key." if API_KEY in response.text else
+                              "Answer like FastAPI does: `JSONResponse({\"detail\": ...}, status_code=401)`."))
 
-            # 2. The whole section, and nothing else.
-            unknown = f"/admin/reports-{random.randint(100, 999)}"
-            section = ["/admin", "/admin/stats", unknown, "/%61dmin/stats"]
-            open_doors = []
-            for path in section:
-                response = await client.get(path)
-                if response.status_code < 400 or response.status_code == 404:
-                    open_doors.append((path, response.status_code))
-            hint = "Guard the section by path, before any route runs: `/admin` and everything under `/admin/`."
-            if any(p == "/admin/stats" for p, _ in open_doors):
-                hint = "Without any key the guard let the request through: see the first item."
-            elif any(p == "/admin" for p, _ in open_doors):
-                hint = "`/admin` itself is in the section: a test for `startswith(\"/admin/\")` misses it."
-            elif any(p == unknown and s == 404 for p, s in open_doors):
-                hint = ("A path no route has answered 404 without a key: so a scan learns which admin pages exist. "
-                        "The guard goes by path, for every request, found or not.")
-            elif any(p.startswith("/%") for p, _ in open_doors):
-                hint = ("The route matched the decoded path (`scope[\"path\"]`, `request.url.path`); your guard "
-                        "looked at another form of it. Guard the path the router uses.")
-            report.add("the whole /admin section needs the key", not open_doors,
-                       observed="; ".join(f"{p} → {s}" for p, s in open_doors), expected=f"401 for {', '.join(section)}",
-                       hint=hint)
-            right = {"X-API-Key": API_KEY}
-            checks = [("/admin/stats", right, 200), ("/admin", right, 200), (unknown, right, 404),
-                      ("/items/7", {}, 200), ("/admin-guide", {}, 200), ("/items/7", {"X-API-Key": "nope"}, 200)]
-            wrong = []
-            for path, headers, status in checks:
-                response = await client.get(path, headers=headers)
-                if response.status_code != status:
-                    wrong.append(f"{path} {'with the key' if headers == right else 'with a wrong key' if headers else 'without a key'} "
-                                 f"→ {response.status_code}")
-            report.add(
-                "the right key opens the section; other paths pass untouched", not wrong, observed="; ".join(wrong[:3]),
-                expected="the key: /admin/stats 200, /admin 200, unknown 404; no key: /items/7 and /admin-guide 200",
-                hint=("`startswith(\"/admin\")` also matches /admin-guide: compare whole path segments."
-                      if any(w.startswith("/admin-guide") for w in wrong) else
-                      "Only the /admin section needs the key; everywhere else, call the app as it is."
-                      if any(w.startswith("/items") for w in wrong) else "With the right key, call the app unchanged."),
-            )
+        # 2. The whole section, and nothing else.
+        unknown = f"/admin/reports-{random.randint(100, 999)}"
+        section = ["/admin", "/admin/stats", unknown, "/%61dmin/stats"]
+        open_doors = []
+        for path in section:
+            response = await client.get(path)
+            if response.status_code < 400 or response.status_code == 404:
+                open_doors.append((path, response.status_code))
+        hint = "Guard the section by path, before any route runs: `/admin` and everything under `/admin/`."
+        if any(p == "/admin/stats" for p, _ in open_doors):
+            hint = "Without any key the guard let the request through: see the first item."
+        elif any(p == "/admin" for p, _ in open_doors):
+            hint = "`/admin` itself is in the section: a test for `startswith(\"/admin/\")` misses it."
+        elif any(p == unknown and s == 404 for p, s in open_doors):
+            hint = ("A path no route has answered 404 without a key: so a scan learns which admin pages exist. "
+                    "The guard goes by path, for every request, found or not.")
+        elif any(p.startswith("/%") for p, _ in open_doors):
+            hint = ("The route matched the decoded path (`scope[\"path\"]`, `request.url.path`); your guard "
+                    "looked at another form of it. Guard the path the router uses.")
+        report.add("the whole /admin section needs the key", not open_doors,
+                   observed="; ".join(f"{p} → {s}" for p, s in open_doors), expected=f"401 for {', '.join(section)}",
+                   hint=hint)
+        right = {"X-API-Key": API_KEY}
+        checks = [("/admin/stats", right, 200), ("/admin", right, 200), (unknown, right, 404),
+                  ("/items/7", {}, 200), ("/admin-guide", {}, 200), ("/items/7", {"X-API-Key": "nope"}, 200)]
+        wrong = []
+        for path, headers, status in checks:
+            response = await client.get(path, headers=headers)
+            if response.status_code != status:
+                wrong.append(f"{path} {'with the key' if headers == right else 'with a wrong key' if headers else 'without a key'} "
+                             f"→ {response.status_code}")
+        report.add(
+            "the right key opens the section; other paths pass untouched", not wrong, observed="; ".join(wrong[:3]),
+            expected="the key: /admin/stats 200, /admin 200, unknown 404; no key: /items/7 and /admin-guide 200",
+            hint=("`startswith(\"/admin\")` also matches /admin-guide: compare whole path segments."
+                  if any(w.startswith("/admin-guide") for w in wrong) else
+                  "Only the /admin section needs the key; everywhere else, call the app as it is."
+                  if any(w.startswith("/items") for w in wrong) else "With the right key, call the app unchanged."),
+        )
 
-            # 3. Order: the 401 is an answer like any other, tagged by RequestContext.
-            rid = _client_id()
-            denied = await client.get("/admin/stats", headers={"X-Request-ID": rid})
-            if not 400 <= denied.status_code < 500:
-                return  # the guard let it in: the first item says so
-            tagged = denied.headers.get("x-request-id") == rid and _process_ms(denied) is not None
-            report.add(
-                "the 401 carries X-Request-ID and X-Process-Time", tagged,
-                observed="" if tagged else f"{denied.status_code}; X-Request-ID {denied.headers.get('x-request-id')!r}, "
-                                           f"X-Process-Time {denied.headers.get('x-process-time')!r}",
-                expected=f"the 401 with X-Request-ID {rid} and a process time",
-                hint="The middleware added last runs first: your guard answered before RequestContext saw the request. "
-                     "Add the guard first, RequestContext after it.",
-            )
+        # 3. Order: the 401 is an answer like any other, tagged by RequestContext.
+        rid = _client_id()
+        denied = await client.get("/admin/stats", headers={"X-Request-ID": rid})
+        if not 400 <= denied.status_code < 500:
+            return  # the guard let it in: the first item says so
+        tagged = denied.headers.get("x-request-id") == rid and _process_ms(denied) is not None
+        report.add(
+            "the 401 carries X-Request-ID and X-Process-Time", tagged,
+            observed="" if tagged else f"{denied.status_code}; X-Request-ID {denied.headers.get('x-request-id')!r}, "
+                                       f"X-Process-Time {denied.headers.get('x-process-time')!r}",
+            expected=f"the 401 with X-Request-ID {rid} and a process time",
+            hint="The middleware added last runs first: your guard answered before RequestContext saw the request. "
+                 "Add the guard first, RequestContext after it.",
+        )
 
 
 # ---- exercise 4: CORS ------------------------------------------------------------------------
@@ -823,112 +794,111 @@ def _listed(header_value: str, wanted: str) -> bool:
 
 @check("Lesson 05 · CORS lets app.example.com in with credentials, and nothing else", limit_s=15)
 async def check_cors(report, lesson_app, add_cors):
-    with collected_when_stopped():
-        app = course_admin_app(lesson_app)
-        try:
-            returned = add_cors(app)
-        except Exception as exc:  # noqa: BLE001
-            report.fail("add_cors(app) runs", observed=short_error(exc), expected="no error", hint=_cause_hint(exc))
+    app = course_admin_app(lesson_app)
+    try:
+        returned = add_cors(app)
+    except Exception as exc:  # noqa: BLE001
+        report.fail("add_cors(app) runs", observed=short_error(exc), expected="no error", hint=_cause_hint(exc))
+        return
+    app = returned if returned is not None else app
+    config = _cors_config(app)
+    async with serve(app, raise_app_exceptions=False) as client:
+        # 1. The allowed origin: preflights for GET and POST, with X-API-Key, with credentials.
+        failures = []
+        for method, headers in (("GET", "X-API-Key"), ("POST", "X-API-Key, Content-Type")):
+            r = await client.options("/items/7", headers=_preflight(ALLOWED_ORIGIN, method, headers))
+            ok = (200 <= r.status_code < 300 and r.headers.get("access-control-allow-origin") == ALLOWED_ORIGIN
+                  and r.headers.get("access-control-allow-credentials") == "true"
+                  and _listed(r.headers.get("access-control-allow-methods", ""), method)
+                  and all(_listed(r.headers.get("access-control-allow-headers", ""), h.strip()) or h.strip() == "Content-Type"
+                          for h in headers.split(",")))
+            if not ok:
+                failures.append(f"{method}: {r.status_code} {r.text[:40]!r}; allow-origin "
+                                f"{r.headers.get('access-control-allow-origin')!r}, credentials "
+                                f"{r.headers.get('access-control-allow-credentials')!r}")
+        origins = config.get("allow_origins", ())
+        if any(isinstance(o, str) and o.rstrip("/") != o for o in origins):
+            hint = "An origin has no path: 'https://app.example.com', without the trailing slash."
+        elif config and not config.get("allow_credentials"):
+            hint = ("The browser sends cookies only when the answer says `Access-Control-Allow-Credentials: true`: "
+                    "`allow_credentials=True`.")
+        elif failures and all(f.startswith("POST") for f in failures):
+            hint = "Allow both methods the app uses: `allow_methods=[\"GET\", \"POST\"]`."
+        else:
+            hint = ("`CORSMiddleware(allow_origins=[ALLOWED_ORIGIN], allow_credentials=True, allow_methods=[...], "
+                    "allow_headers=[\"X-API-Key\"])`; an origin is scheme + host (+ port), exactly.")
+        if not report.add("app.example.com: preflights for GET and POST with X-API-Key pass, with credentials",
+                          not failures, observed="; ".join(failures[:2]),
+                          expected=f"2xx, Access-Control-Allow-Origin {ALLOWED_ORIGIN}, credentials true, "
+                                   "the method and X-API-Key allowed", hint=hint):
             return
-        app = returned if returned is not None else app
-        config = _cors_config(app)
-        async with serve(app, raise_app_exceptions=False) as client:
-            # 1. The allowed origin: preflights for GET and POST, with X-API-Key, with credentials.
-            failures = []
-            for method, headers in (("GET", "X-API-Key"), ("POST", "X-API-Key, Content-Type")):
-                r = await client.options("/items/7", headers=_preflight(ALLOWED_ORIGIN, method, headers))
-                ok = (200 <= r.status_code < 300 and r.headers.get("access-control-allow-origin") == ALLOWED_ORIGIN
-                      and r.headers.get("access-control-allow-credentials") == "true"
-                      and _listed(r.headers.get("access-control-allow-methods", ""), method)
-                      and all(_listed(r.headers.get("access-control-allow-headers", ""), h.strip()) or h.strip() == "Content-Type"
-                              for h in headers.split(",")))
-                if not ok:
-                    failures.append(f"{method}: {r.status_code} {r.text[:40]!r}; allow-origin "
-                                    f"{r.headers.get('access-control-allow-origin')!r}, credentials "
-                                    f"{r.headers.get('access-control-allow-credentials')!r}")
-            origins = config.get("allow_origins", ())
-            if any(isinstance(o, str) and o.rstrip("/") != o for o in origins):
-                hint = "An origin has no path: 'https://app.example.com', without the trailing slash."
-            elif config and not config.get("allow_credentials"):
-                hint = ("The browser sends cookies only when the answer says `Access-Control-Allow-Credentials: true`: "
-                        "`allow_credentials=True`.")
-            elif failures and all(f.startswith("POST") for f in failures):
-                hint = "Allow both methods the app uses: `allow_methods=[\"GET\", \"POST\"]`."
+        simple = await client.get("/items/7", headers={"Origin": ALLOWED_ORIGIN})
+        vary = simple.headers.get("vary", "")
+        ok = simple.headers.get("access-control-allow-origin") == ALLOWED_ORIGIN \
+            and simple.headers.get("access-control-allow-credentials") == "true" and _listed(vary, "origin")
+        report.add(
+            "app.example.com: responses carry its origin, credentials, and Vary: Origin", ok,
+            observed="" if ok else f"allow-origin {simple.headers.get('access-control-allow-origin')!r}, credentials "
+                     f"{simple.headers.get('access-control-allow-credentials')!r}, vary {vary!r}",
+            expected=f"{ALLOWED_ORIGIN}, true, Vary listing Origin",
+            hint="The same CORSMiddleware answers ordinary requests; `Vary: Origin` tells caches the answer "
+                 "depends on the origin.",
+        )
+
+        # 2. Lookalike origins: no Access-Control-Allow-Origin, preflight or not.
+        leaks = []
+        for origin, why in lookalike_origins():
+            pre = await client.options("/items/7", headers=_preflight(origin))
+            get = await client.get("/items/7", headers={"Origin": origin})
+            for kind, r in (("preflight", pre), ("GET", get)):
+                allowed = r.headers.get("access-control-allow-origin")
+                if allowed and (kind == "GET" or 200 <= r.status_code < 300):
+                    leaks.append((origin, why, kind, allowed))
+                    break
+        if leaks:
+            origin, why, kind, allowed = leaks[0]
+            if "*" in origins and config.get("allow_credentials"):
+                hint = ("With `allow_credentials=True`, `allow_origins=[\"*\"]` makes Starlette echo ANY origin back, "
+                        "so any site can read your users' data with their cookies. List the one origin.")
+            elif config.get("allow_origin_regex"):
+                hint = (f"Your allow_origin_regex also matches {origin} ({why}): escape the dots and spell out "
+                        "scheme and port — or list the origin exactly.")
             else:
-                hint = ("`CORSMiddleware(allow_origins=[ALLOWED_ORIGIN], allow_credentials=True, allow_methods=[...], "
-                        "allow_headers=[\"X-API-Key\"])`; an origin is scheme + host (+ port), exactly.")
-            if not report.add("app.example.com: preflights for GET and POST with X-API-Key pass, with credentials",
-                              not failures, observed="; ".join(failures[:2]),
-                              expected=f"2xx, Access-Control-Allow-Origin {ALLOWED_ORIGIN}, credentials true, "
-                                       "the method and X-API-Key allowed", hint=hint):
-                return
-            simple = await client.get("/items/7", headers={"Origin": ALLOWED_ORIGIN})
-            vary = simple.headers.get("vary", "")
-            ok = simple.headers.get("access-control-allow-origin") == ALLOWED_ORIGIN \
-                and simple.headers.get("access-control-allow-credentials") == "true" and _listed(vary, "origin")
-            report.add(
-                "app.example.com: responses carry its origin, credentials, and Vary: Origin", ok,
-                observed="" if ok else f"allow-origin {simple.headers.get('access-control-allow-origin')!r}, credentials "
-                         f"{simple.headers.get('access-control-allow-credentials')!r}, vary {vary!r}",
-                expected=f"{ALLOWED_ORIGIN}, true, Vary listing Origin",
-                hint="The same CORSMiddleware answers ordinary requests; `Vary: Origin` tells caches the answer "
-                     "depends on the origin.",
-            )
+                hint = f"{origin} is not {ALLOWED_ORIGIN}: {why}. Allow exactly one origin."
+        else:
+            hint = ""
+        report.add(
+            "lookalike origins get no Access-Control-Allow-Origin", not leaks,
+            observed="; ".join(f"{o} ({k}) got {a!r}" for o, _, k, a in leaks[:2]),
+            expected="no such header for: " + ", ".join(o for o, _ in lookalike_origins()[:7]), hint=hint,
+        )
 
-            # 2. Lookalike origins: no Access-Control-Allow-Origin, preflight or not.
-            leaks = []
-            for origin, why in lookalike_origins():
-                pre = await client.options("/items/7", headers=_preflight(origin))
-                get = await client.get("/items/7", headers={"Origin": origin})
-                for kind, r in (("preflight", pre), ("GET", get)):
-                    allowed = r.headers.get("access-control-allow-origin")
-                    if allowed and (kind == "GET" or 200 <= r.status_code < 300):
-                        leaks.append((origin, why, kind, allowed))
-                        break
-            if leaks:
-                origin, why, kind, allowed = leaks[0]
-                if "*" in origins and config.get("allow_credentials"):
-                    hint = ("With `allow_credentials=True`, `allow_origins=[\"*\"]` makes Starlette echo ANY origin back, "
-                            "so any site can read your users' data with their cookies. List the one origin.")
-                elif config.get("allow_origin_regex"):
-                    hint = (f"Your allow_origin_regex also matches {origin} ({why}): escape the dots and spell out "
-                            "scheme and port — or list the origin exactly.")
-                else:
-                    hint = f"{origin} is not {ALLOWED_ORIGIN}: {why}. Allow exactly one origin."
-            else:
-                hint = ""
-            report.add(
-                "lookalike origins get no Access-Control-Allow-Origin", not leaks,
-                observed="; ".join(f"{o} ({k}) got {a!r}" for o, _, k, a in leaks[:2]),
-                expected="no such header for: " + ", ".join(o for o, _ in lookalike_origins()[:7]), hint=hint,
-            )
+        # 3. Methods and headers beyond GET/POST and X-API-Key are refused.
+        widened = []
+        for method, headers in (("DELETE", "X-API-Key"), ("PUT", None), ("GET", "X-Admin-Override")):
+            r = await client.options("/items/7", headers=_preflight(ALLOWED_ORIGIN, method, headers))
+            granted = 200 <= r.status_code < 300 and _listed(r.headers.get("access-control-allow-methods", ""), method) \
+                and (headers is None or all(_listed(r.headers.get("access-control-allow-headers", ""), h.strip())
+                                            for h in headers.split(",")))
+            if granted:
+                widened.append(f"{method}" + (f" with {headers}" if headers else "") + f" → {r.status_code}")
+        report.add(
+            "other methods and headers are refused", not widened, observed="; ".join(widened),
+            expected="preflights for DELETE, PUT, or an X-Admin-Override header refused",
+            hint=("`[\"*\"]` opens every method or header to the allowed site's scripts: list GET and POST, and "
+                  "X-API-Key." if "*" in config.get("allow_methods", ()) or "*" in config.get("allow_headers", ())
+                  else "List only the methods (GET, POST) and headers (X-API-Key) the app needs."),
+        )
 
-            # 3. Methods and headers beyond GET/POST and X-API-Key are refused.
-            widened = []
-            for method, headers in (("DELETE", "X-API-Key"), ("PUT", None), ("GET", "X-Admin-Override")):
-                r = await client.options("/items/7", headers=_preflight(ALLOWED_ORIGIN, method, headers))
-                granted = 200 <= r.status_code < 300 and _listed(r.headers.get("access-control-allow-methods", ""), method) \
-                    and (headers is None or all(_listed(r.headers.get("access-control-allow-headers", ""), h.strip())
-                                                for h in headers.split(",")))
-                if granted:
-                    widened.append(f"{method}" + (f" with {headers}" if headers else "") + f" → {r.status_code}")
-            report.add(
-                "other methods and headers are refused", not widened, observed="; ".join(widened),
-                expected="preflights for DELETE, PUT, or an X-Admin-Override header refused",
-                hint=("`[\"*\"]` opens every method or header to the allowed site's scripts: list GET and POST, and "
-                      "X-API-Key." if "*" in config.get("allow_methods", ()) or "*" in config.get("allow_headers", ())
-                      else "List only the methods (GET, POST) and headers (X-API-Key) the app needs."),
-            )
-
-            # 4. CORS answers before the guard: a preflight carries no key, and the 401 must be readable.
-            pre = await client.options("/admin/stats", headers=_preflight(ALLOWED_ORIGIN))
-            denied = await client.get("/admin/stats", headers={"Origin": ALLOWED_ORIGIN})
-            ok = 200 <= pre.status_code < 300 and denied.status_code == 401 \
-                and denied.headers.get("access-control-allow-origin") == ALLOWED_ORIGIN
-            report.add(
-                "a preflight to /admin needs no key, and the 401 is readable by app.example.com", ok,
-                observed="" if ok else f"preflight {pre.status_code}; GET without key {denied.status_code}, allow-origin "
-                         f"{denied.headers.get('access-control-allow-origin')!r}",
-                expected=f"preflight 2xx; 401 with allow-origin {ALLOWED_ORIGIN}",
-                hint="Browsers send preflights without keys or cookies: CORS must run before the guard — added last.",
-            )
+        # 4. CORS answers before the guard: a preflight carries no key, and the 401 must be readable.
+        pre = await client.options("/admin/stats", headers=_preflight(ALLOWED_ORIGIN))
+        denied = await client.get("/admin/stats", headers={"Origin": ALLOWED_ORIGIN})
+        ok = 200 <= pre.status_code < 300 and denied.status_code == 401 \
+            and denied.headers.get("access-control-allow-origin") == ALLOWED_ORIGIN
+        report.add(
+            "a preflight to /admin needs no key, and the 401 is readable by app.example.com", ok,
+            observed="" if ok else f"preflight {pre.status_code}; GET without key {denied.status_code}, allow-origin "
+                     f"{denied.headers.get('access-control-allow-origin')!r}",
+            expected=f"preflight 2xx; 401 with allow-origin {ALLOWED_ORIGIN}",
+            hint="Browsers send preflights without keys or cookies: CORS must run before the guard — added last.",
+        )

@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .harness import serve
 from .lesson05 import (  # noqa: F401 (LogBook, RequestContext and short_error: re-exported for the notebook)
-    LogBook, RequestContext, _mentions, _Records, collected_when_stopped, observed, short_error,
+    LogBook, RequestContext, _mentions, _Records, observed, short_error,
 )
 from .observe import json_body
 from .runner import check
@@ -171,42 +171,41 @@ def _client_id() -> str:
 
 @check("Lesson 06 · ItemNotFound becomes a 404 in the envelope", limit_s=10)
 async def check_not_found(report, shop_app, add_not_found):
-    with collected_when_stopped():
-        missing = _missing_id()
-        app = shop_app(add_not_found)
-        registered = _registered(app)
-        async with serve(app, raise_app_exceptions=False) as client:
-            response = await client.get(f"/items/{missing}")
+    missing = _missing_id()
+    app = shop_app(add_not_found)
+    registered = _registered(app)
+    async with serve(app, raise_app_exceptions=False) as client:
+        response = await client.get(f"/items/{missing}")
 
-            def item_id_right(error, _):
-                if "item_id" in error and error["item_id"] != missing:
-                    return f"error.item_id {error['item_id']!r}, not {missing}"
-                return None
+        def item_id_right(error, _):
+            if "item_id" in error and error["item_id"] != missing:
+                return f"error.item_id {error['item_id']!r}, not {missing}"
+            return None
 
-            raised = client.errors_for(f"/items/{missing}")
-            body = json_body(response)
-            if raised and not isinstance(raised[-1].exception, ItemNotFound):
-                hint = ("The handler itself raised: an exception handler returns a response, `JSONResponse(...)` — "
-                        "not a dict, not a raise.")
-            elif ItemNotFound not in registered:
-                hint = ("Register the handler for ItemNotFound itself (`@app.exception_handler(ItemNotFound)`): a "
-                        "handler runs for the class it is registered for and its subclasses.")
-            elif isinstance(body, dict) and "detail" in body:
-                hint = ("Answer with the envelope, `JSONResponse(error_body(\"item_not_found\", ...), status_code=404)` "
-                        "— not `{\"detail\": ...}`, and not by raising HTTPException (FastAPI answers that its own way).")
-            else:
-                hint = ("Return `JSONResponse(error_body(\"item_not_found\", <a message>), status_code=404)`: the "
-                        "envelope, its code, a non-empty message, and the status.")
-            _judge(report, f"GET /items/{missing} → 404 item_not_found", response, client, 404, "item_not_found", hint,
-                   extra=item_id_right)
-            found = await client.get("/items/1")
-            report.add("an existing item still answers 200", found.status_code == 200, observed=observed(found, client),
-                       expected="200", hint="The handler only runs when the exception is raised.")
-            await _neighbours(report, client, [
-                ("GET", "/crash", {}, 500, None), ("GET", f"/no-such-page-{random.randint(10, 99)}", {}, 404, None),
-                ("GET", "/items/abc", {}, 422, None), ("GET", "/private", {}, 401, None)],
-                "Register the handler for ItemNotFound only: a handler for `Exception` (or another broad class) "
-                "answers 404 for errors that are not a missing item.")
+        raised = client.errors_for(f"/items/{missing}")
+        body = json_body(response)
+        if raised and not isinstance(raised[-1].exception, ItemNotFound):
+            hint = ("The handler itself raised: an exception handler returns a response, `JSONResponse(...)` — "
+                    "not a dict, not a raise.")
+        elif ItemNotFound not in registered:
+            hint = ("Register the handler for ItemNotFound itself (`@app.exception_handler(ItemNotFound)`): a "
+                    "handler runs for the class it is registered for and its subclasses.")
+        elif isinstance(body, dict) and "detail" in body:
+            hint = ("Answer with the envelope, `JSONResponse(error_body(\"item_not_found\", ...), status_code=404)` "
+                    "— not `{\"detail\": ...}`, and not by raising HTTPException (FastAPI answers that its own way).")
+        else:
+            hint = ("Return `JSONResponse(error_body(\"item_not_found\", <a message>), status_code=404)`: the "
+                    "envelope, its code, a non-empty message, and the status.")
+        _judge(report, f"GET /items/{missing} → 404 item_not_found", response, client, 404, "item_not_found", hint,
+               extra=item_id_right)
+        found = await client.get("/items/1")
+        report.add("an existing item still answers 200", found.status_code == 200, observed=observed(found, client),
+                   expected="200", hint="The handler only runs when the exception is raised.")
+        await _neighbours(report, client, [
+            ("GET", "/crash", {}, 500, None), ("GET", f"/no-such-page-{random.randint(10, 99)}", {}, 404, None),
+            ("GET", "/items/abc", {}, 422, None), ("GET", "/private", {}, 401, None)],
+            "Register the handler for ItemNotFound only: a handler for `Exception` (or another broad class) "
+            "answers 404 for errors that are not a missing item.")
 
 
 # ---- exercise 2 ---------------------------------------------------------------------------------
@@ -233,183 +232,180 @@ def _fields_problem(error, wanted: set[tuple]) -> str | None:
 
 @check("Lesson 06 · one envelope for validation errors and HTTP errors", limit_s=12)
 async def check_envelope(report, shop_app, add_envelope):
-    with collected_when_stopped():
-        app = shop_app(course_not_found, add_envelope)
-        registered = _registered(app)
-        validation_hint = (
-            "`pydantic.ValidationError` is not what FastAPI raises for a bad request: register the handler for "
-            "`fastapi.exceptions.RequestValidationError`." if RequestValidationError not in registered else
-            "Answer 422 with `exc.errors()` under \"fields\": each entry's `loc` as a list and its `msg`.")
-        async with serve(app, raise_app_exceptions=False) as client:
-            invalid = await client.post("/items", json={"price": -random.randint(1, 99)})
-            _judge(report, "an invalid body → 422 validation_error, each field with its loc and message", invalid, client,
-                   422, "validation_error", validation_hint,
-                   extra=lambda error, _: _fields_problem(error, {("body", "name"), ("body", "price")}))
-            broken = await client.post("/items", content=b'{"name": ', headers={"content-type": "application/json"})
-            _judge(report, "invalid JSON → 422 validation_error", broken, client, 422, "validation_error",
-                   "Invalid JSON is a RequestValidationError too. " + validation_hint,
-                   extra=lambda error, _: _fields_problem(error, set()))
+    app = shop_app(course_not_found, add_envelope)
+    registered = _registered(app)
+    validation_hint = (
+        "`pydantic.ValidationError` is not what FastAPI raises for a bad request: register the handler for "
+        "`fastapi.exceptions.RequestValidationError`." if RequestValidationError not in registered else
+        "Answer 422 with `exc.errors()` under \"fields\": each entry's `loc` as a list and its `msg`.")
+    async with serve(app, raise_app_exceptions=False) as client:
+        invalid = await client.post("/items", json={"price": -random.randint(1, 99)})
+        _judge(report, "an invalid body → 422 validation_error, each field with its loc and message", invalid, client,
+               422, "validation_error", validation_hint,
+               extra=lambda error, _: _fields_problem(error, {("body", "name"), ("body", "price")}))
+        broken = await client.post("/items", content=b'{"name": ', headers={"content-type": "application/json"})
+        _judge(report, "invalid JSON → 422 validation_error", broken, client, 422, "validation_error",
+               "Invalid JSON is a RequestValidationError too. " + validation_hint,
+               extra=lambda error, _: _fields_problem(error, set()))
 
-            headers_lost = []
-            for path, method, status, header, value in (("/private", "GET", 401, "www-authenticate", "Bearer"),
-                                                        ("/items", "GET", 405, "allow", "POST"),
-                                                        ("/limited", "GET", 429, "retry-after", None)):
-                response = await client.request(method, path)
-                problem = envelope_problem(response, status, f"http_{status}")
-                if problem is None and value is not None and response.headers.get(header, "").lower() != value.lower():
-                    problem = f"{header} {response.headers.get(header)!r}"
-                if problem is None and value is None and not response.headers.get(header, "").isdigit():
-                    problem = f"{header} {response.headers.get(header)!r}"
-                if problem is None and path == "/private" and json_body(response)["error"]["message"] != BEARER_DETAIL:
-                    problem = f"error.message {json_body(response)['error']['message']!r}, not the exception's detail"
-                if problem:
-                    headers_lost.append(f"{method} {path}: {problem}")
-            parent_hint = (
-                "Routing's own 404 and 405 are Starlette's HTTPException, the parent of FastAPI's: register the handler "
-                "for `starlette.exceptions.HTTPException` to catch both." if StarletteHTTPException not in registered
-                and HTTPException in registered else
-                "HTTP errors never reach a handler for `Exception`: FastAPI answers them first. Register a handler for "
-                "`starlette.exceptions.HTTPException`." if StarletteHTTPException not in registered else None)
-            kinds = " ".join(headers_lost)
-            report.add(
-                "HTTP errors keep status, detail and headers: 401 WWW-Authenticate, 405 Allow, 429 Retry-After",
-                not headers_lost, observed="; ".join(headers_lost[:2]),
-                expected="http_401, http_405, http_429 envelopes, message = detail, headers kept",
-                hint=parent_hint or (
-                    "Pass `headers=exc.headers` on: the client needs them (where to authenticate, what is allowed, when "
-                    "to retry)." if any(h in kinds for h in ("www-authenticate", "allow", "retry-after")) else
-                    "The message is the exception's own `exc.detail`." if "not the exception's detail" in kinds else
-                    "Status from `exc.status_code`, code `f\"http_{exc.status_code}\"`, message from `exc.detail`."))
-            nowhere = await client.get(f"/no-such-page-{random.randint(10, 99)}")
-            _judge(report, "an unknown path → 404 http_404", nowhere, client, 404, "http_404",
-                   parent_hint or "Status from `exc.status_code`, code `f\"http_{exc.status_code}\"`.")
-            await _neighbours(report, client, [
-                ("GET", f"/items/{_missing_id()}", {}, 404, "item_not_found"), ("GET", "/crash", {}, 500, None)],
-                "Your handlers must catch only their own errors: one registered for `Exception` turns a crash into a "
-                "4xx — or shows its message.")
+        headers_lost = []
+        for path, method, status, header, value in (("/private", "GET", 401, "www-authenticate", "Bearer"),
+                                                    ("/items", "GET", 405, "allow", "POST"),
+                                                    ("/limited", "GET", 429, "retry-after", None)):
+            response = await client.request(method, path)
+            problem = envelope_problem(response, status, f"http_{status}")
+            if problem is None and value is not None and response.headers.get(header, "").lower() != value.lower():
+                problem = f"{header} {response.headers.get(header)!r}"
+            if problem is None and value is None and not response.headers.get(header, "").isdigit():
+                problem = f"{header} {response.headers.get(header)!r}"
+            if problem is None and path == "/private" and json_body(response)["error"]["message"] != BEARER_DETAIL:
+                problem = f"error.message {json_body(response)['error']['message']!r}, not the exception's detail"
+            if problem:
+                headers_lost.append(f"{method} {path}: {problem}")
+        parent_hint = (
+            "Routing's own 404 and 405 are Starlette's HTTPException, the parent of FastAPI's: register the handler "
+            "for `starlette.exceptions.HTTPException` to catch both." if StarletteHTTPException not in registered
+            and HTTPException in registered else
+            "HTTP errors never reach a handler for `Exception`: FastAPI answers them first. Register a handler for "
+            "`starlette.exceptions.HTTPException`." if StarletteHTTPException not in registered else None)
+        kinds = " ".join(headers_lost)
+        report.add(
+            "HTTP errors keep status, detail and headers: 401 WWW-Authenticate, 405 Allow, 429 Retry-After",
+            not headers_lost, observed="; ".join(headers_lost[:2]),
+            expected="http_401, http_405, http_429 envelopes, message = detail, headers kept",
+            hint=parent_hint or (
+                "Pass `headers=exc.headers` on: the client needs them (where to authenticate, what is allowed, when "
+                "to retry)." if any(h in kinds for h in ("www-authenticate", "allow", "retry-after")) else
+                "The message is the exception's own `exc.detail`." if "not the exception's detail" in kinds else
+                "Status from `exc.status_code`, code `f\"http_{exc.status_code}\"`, message from `exc.detail`."))
+        nowhere = await client.get(f"/no-such-page-{random.randint(10, 99)}")
+        _judge(report, "an unknown path → 404 http_404", nowhere, client, 404, "http_404",
+               parent_hint or "Status from `exc.status_code`, code `f\"http_{exc.status_code}\"`.")
+        await _neighbours(report, client, [
+            ("GET", f"/items/{_missing_id()}", {}, 404, "item_not_found"), ("GET", "/crash", {}, 500, None)],
+            "Your handlers must catch only their own errors: one registered for `Exception` turns a crash into a "
+            "4xx — or shows its message.")
 
 
 # ---- exercise 3 ---------------------------------------------------------------------------------
 
 @check("Lesson 06 · a duplicate name is a 409, with no SQL in it — and only that", limit_s=12)
 async def check_conflict(report, shop_app, add_conflict):
-    with collected_when_stopped():
-        name = f"lamp-{random.randint(1000, 9999)}"
-        app = shop_app(course_not_found, course_envelope, add_conflict)
-        driver_class = any(getattr(key, "__module__", "").startswith("sqlite3") for key in _registered(app))
-        async with serve(app, raise_app_exceptions=False) as client:
-            first = await client.post("/items", json={"name": name, "price": 12.5})
-            if first.status_code != 201:
-                report.fail("the first POST /items answers 201", observed=observed(first, client), expected="201",
-                            hint="Only the duplicate should fail.")
-                return
-            second = await client.post("/items", json={"name": name, "price": 13})
+    name = f"lamp-{random.randint(1000, 9999)}"
+    app = shop_app(course_not_found, course_envelope, add_conflict)
+    driver_class = any(getattr(key, "__module__", "").startswith("sqlite3") for key in _registered(app))
+    async with serve(app, raise_app_exceptions=False) as client:
+        first = await client.post("/items", json={"name": name, "price": 12.5})
+        if first.status_code != 201:
+            report.fail("the first POST /items answers 201", observed=observed(first, client), expected="201",
+                        hint="Only the duplicate should fail.")
+            return
+        second = await client.post("/items", json={"name": name, "price": 13})
 
-            def no_sql(error, response):
-                leaks = _leaks(response)
-                return f"the body shows {', '.join(leaks)}" if leaks else None
+        def no_sql(error, response):
+            leaks = _leaks(response)
+            return f"the body shows {', '.join(leaks)}" if leaks else None
 
-            _judge(report, "the same name again → 409 conflict, no SQL in the body", second, client, 409, "conflict",
-                   "SQLAlchemy wraps the driver's errors: the app sees `sqlalchemy.exc.IntegrityError`, not sqlite3's."
-                   if driver_class else
-                   "Handle sqlalchemy.exc.IntegrityError: 409 and a message of your own — the exception's text is SQL."
-                   if second.status_code != 409 or _leaks(second) == [] else
-                   "Write the message yourself: `str(exc)`, `exc.orig` and `exc.params` hold SQL and the driver's words.",
-                   extra=no_sql)
-            after = await client.post("/items", json={"name": name + "-2", "price": 9})
-            report.add("a new name after the conflict still answers 201", after.status_code == 201,
-                       observed=observed(after, client), expected="201",
-                       hint="Each request has its own session: the conflict must not break the next request.")
-            await _neighbours(report, client, [
-                ("GET", "/reports", {}, 500, None), ("GET", "/crash", {}, 500, None),
-                ("POST", "/items", {"json": {"name": ""}}, 422, "validation_error")],
-                "Only IntegrityError is a conflict. `/reports` fails with OperationalError (a missing table): a handler "
-                "for SQLAlchemyError or DBAPIError calls that a 409, and the client retries in vain.")
+        _judge(report, "the same name again → 409 conflict, no SQL in the body", second, client, 409, "conflict",
+               "SQLAlchemy wraps the driver's errors: the app sees `sqlalchemy.exc.IntegrityError`, not sqlite3's."
+               if driver_class else
+               "Handle sqlalchemy.exc.IntegrityError: 409 and a message of your own — the exception's text is SQL."
+               if second.status_code != 409 or _leaks(second) == [] else
+               "Write the message yourself: `str(exc)`, `exc.orig` and `exc.params` hold SQL and the driver's words.",
+               extra=no_sql)
+        after = await client.post("/items", json={"name": name + "-2", "price": 9})
+        report.add("a new name after the conflict still answers 201", after.status_code == 201,
+                   observed=observed(after, client), expected="201",
+                   hint="Each request has its own session: the conflict must not break the next request.")
+        await _neighbours(report, client, [
+            ("GET", "/reports", {}, 500, None), ("GET", "/crash", {}, 500, None),
+            ("POST", "/items", {"json": {"name": ""}}, 422, "validation_error")],
+            "Only IntegrityError is a conflict. `/reports` fails with OperationalError (a missing table): a handler "
+            "for SQLAlchemyError or DBAPIError calls that a 409, and the client retries in vain.")
 
 
 # ---- exercise 4 ---------------------------------------------------------------------------------
 
 @check("Lesson 06 · the catch-all 500 logs everything, leaks nothing, and keeps the request id", limit_s=15)
 async def check_catch_all(report, shop_app, add_catch_all):
-    with collected_when_stopped():
-        installers = (course_not_found, course_envelope, course_conflict, add_catch_all)
-        app = shop_app(*installers)
-        registered = _registered(app)
-        handler = registered.get(Exception) or registered.get(500)
-        sync_handler = handler is not None and not inspect.iscoroutinefunction(handler)
-        with _Records() as records:
-            async with serve(app, raise_app_exceptions=False) as client:
-                rid = _client_id()
-                crash = await client.get("/crash", headers={"X-Request-ID": rid})
-                if not _judge(report, "GET /crash → 500 internal_error", crash, client, 500, "internal_error",
-                              "Register a handler for `Exception` that returns the envelope with status 500 — "
-                              "`JSONResponse(..., status_code=500)`; without it a JSONResponse says 200."
-                              if crash.status_code != 500 else
-                              "Return `error_body(\"internal_error\", \"Internal Server Error\")` as JSON."):
-                    return
-                leaked = _leaks(crash)
-                report.add("the 500 says nothing about the error", not leaked,
-                           observed=("the response contains " + ", ".join(leaked)) if leaked else "",
-                           expected="no exception text, no traceback, no secret",
-                           hint="Never put `str(exc)`, its type or a traceback in a response: the client may be an attacker.")
-                anonymous = await client.get("/crash")
-                their_id = crash.headers.get("x-request-id")
-                made_id = anonymous.headers.get("x-request-id")
-                ok = their_id == rid and isinstance(made_id, str) and len(made_id) >= 8
-                report.add(
-                    "the 500 carries X-Request-ID: the client's, or the one the middleware made", ok,
-                    observed="" if ok else f"with X-Request-ID {rid}: header {their_id!r}; without: header {made_id!r}",
-                    expected=f"{rid}; and a new id when the client sent none",
-                    hint=("The client's header is only there when it sent one; the middleware put the id it uses on "
-                          "`request.state.request_id` for every request: read it there."
-                          if their_id == rid else
-                          "This handler runs in ServerErrorMiddleware, outside the request-id middleware, so nothing "
-                          "tags its 500: set `headers={\"X-Request-ID\": request.state.request_id}` yourself."),
-                )
-                reports = await client.get("/reports")
-                _judge(report, "another error (a missing table) → the same 500, no SQL", reports, client, 500,
-                       "internal_error", "One handler for `Exception` covers every unexpected error, database ones too.",
-                       extra=lambda error, response: (f"the body shows {', '.join(_leaks(response))}"
-                                                      if _leaks(response) else None))
-                await _neighbours(report, client, [
-                    ("GET", f"/items/{_missing_id()}", {}, 404, "item_not_found"),
-                    ("POST", "/items", {"json": {"price": 0}}, 422, "validation_error"),
-                    ("GET", "/private", {}, 401, "http_401")],
-                    "The catch-all is for what no other handler takes: register it for `Exception` only.")
-                odd = [("GET", "/items/abc", {}), ("GET", "/items/-1", {}), ("POST", "/items", {"content": b"\xff\xfe"}),
-                       ("POST", "/items", {"json": {"name": "x" * 10_000, "price": "NaN"}}), ("DELETE", "/items/1", {}),
-                       ("GET", "/crash?debug=1", {}), ("POST", "/items", {"json": [None]}), ("GET", "/%00", {})]
-                bad = []
-                for method, path, kwargs in odd:
-                    response = await client.request(method, path, **kwargs)
-                    leaks = _leaks(response)
-                    if leaks or (response.status_code >= 500 and envelope_problem(response, 500, "internal_error")):
-                        bad.append(f"{method} {path} → {response.status_code}" + (f" with {', '.join(leaks)}" if leaks else ""))
-                report.add(f"{len(odd)} odd requests: no internals in any answer", not bad,
-                           observed="; ".join(bad[:2]), expected="no internals, and the envelope on any 500",
-                           hint="Each error path goes through one of the handlers; the catch-all covers the rest.")
-        errors = [r for r in records.records if r.exc_info and r.exc_info[0] is RuntimeError]
-        with_rid = [r for r in errors if _mentions(r, rid)]
-        made_ok = isinstance(made_id, str) and len(made_id) >= 8  # else the X-Request-ID item already failed
-        anonymous_logged = not made_ok or any(_mentions(r, made_id) for r in errors)
-        ok = bool(with_rid) and anonymous_logged
-        if ok:
-            hint = ""
-        elif not records.records:
-            hint = "What the client does not see, the log must: `logger.exception(...)` in the handler keeps the traceback."
-        elif not errors and sync_handler:
-            hint = ("Your handler is a plain `def`: it runs in a worker thread where no exception is being handled, so "
-                    "`logger.exception` finds no traceback. Make it `async def`, or pass `exc_info=exc`.")
-        elif not errors:
-            hint = ("The record has no traceback: `logger.exception(...)` (or `exc_info=exc`) attaches it; "
-                    "`logger.error(...)` alone does not.")
-        elif not with_rid:
-            hint = "Put the request id in the log line: `logger.exception(\"... %s\", request.state.request_id)`."
-        else:
-            hint = "Log `request.state.request_id` (the id the client gets back), not only the client's header."
-        report.add(
-            "the log holds the real error, its traceback and the request id", ok,
-            observed="" if ok else (f"{len(records.records)} log records, {len(errors)} with the RuntimeError attached, "
-                                    f"{len(with_rid)} naming {rid}" + ("" if anonymous_logged else f"; none names {made_id!r}")),
-            expected=f"a record with the exception and the request id ({rid}, and the middleware's own ids)", hint=hint,
-        )
+    installers = (course_not_found, course_envelope, course_conflict, add_catch_all)
+    app = shop_app(*installers)
+    registered = _registered(app)
+    handler = registered.get(Exception) or registered.get(500)
+    sync_handler = handler is not None and not inspect.iscoroutinefunction(handler)
+    with _Records() as records:
+        async with serve(app, raise_app_exceptions=False) as client:
+            rid = _client_id()
+            crash = await client.get("/crash", headers={"X-Request-ID": rid})
+            if not _judge(report, "GET /crash → 500 internal_error", crash, client, 500, "internal_error",
+                          "Register a handler for `Exception` that returns the envelope with status 500 — "
+                          "`JSONResponse(..., status_code=500)`; without it a JSONResponse says 200."
+                          if crash.status_code != 500 else
+                          "Return `error_body(\"internal_error\", \"Internal Server Error\")` as JSON."):
+                return
+            leaked = _leaks(crash)
+            report.add("the 500 says nothing about the error", not leaked,
+                       observed=("the response contains " + ", ".join(leaked)) if leaked else "",
+                       expected="no exception text, no traceback, no secret",
+                       hint="Never put `str(exc)`, its type or a traceback in a response: the client may be an attacker.")
+            anonymous = await client.get("/crash")
+            their_id = crash.headers.get("x-request-id")
+            made_id = anonymous.headers.get("x-request-id")
+            ok = their_id == rid and isinstance(made_id, str) and len(made_id) >= 8
+            report.add(
+                "the 500 carries X-Request-ID: the client's, or the one the middleware made", ok,
+                observed="" if ok else f"with X-Request-ID {rid}: header {their_id!r}; without: header {made_id!r}",
+                expected=f"{rid}; and a new id when the client sent none",
+                hint=("The client's header is only there when it sent one; the middleware put the id it uses on "
+                      "`request.state.request_id` for every request: read it there."
+                      if their_id == rid else
+                      "This handler runs in ServerErrorMiddleware, outside the request-id middleware, so nothing "
+                      "tags its 500: set `headers={\"X-Request-ID\": request.state.request_id}` yourself."),
+            )
+            reports = await client.get("/reports")
+            _judge(report, "another error (a missing table) → the same 500, no SQL", reports, client, 500,
+                   "internal_error", "One handler for `Exception` covers every unexpected error, database ones too.",
+                   extra=lambda error, response: (f"the body shows {', '.join(_leaks(response))}"
+                                                  if _leaks(response) else None))
+            await _neighbours(report, client, [
+                ("GET", f"/items/{_missing_id()}", {}, 404, "item_not_found"),
+                ("POST", "/items", {"json": {"price": 0}}, 422, "validation_error"),
+                ("GET", "/private", {}, 401, "http_401")],
+                "The catch-all is for what no other handler takes: register it for `Exception` only.")
+            odd = [("GET", "/items/abc", {}), ("GET", "/items/-1", {}), ("POST", "/items", {"content": b"\xff\xfe"}),
+                   ("POST", "/items", {"json": {"name": "x" * 10_000, "price": "NaN"}}), ("DELETE", "/items/1", {}),
+                   ("GET", "/crash?debug=1", {}), ("POST", "/items", {"json": [None]}), ("GET", "/%00", {})]
+            bad = []
+            for method, path, kwargs in odd:
+                response = await client.request(method, path, **kwargs)
+                leaks = _leaks(response)
+                if leaks or (response.status_code >= 500 and envelope_problem(response, 500, "internal_error")):
+                    bad.append(f"{method} {path} → {response.status_code}" + (f" with {', '.join(leaks)}" if leaks else ""))
+            report.add(f"{len(odd)} odd requests: no internals in any answer", not bad,
+                       observed="; ".join(bad[:2]), expected="no internals, and the envelope on any 500",
+                       hint="Each error path goes through one of the handlers; the catch-all covers the rest.")
+    errors = [r for r in records.records if r.exc_info and r.exc_info[0] is RuntimeError]
+    with_rid = [r for r in errors if _mentions(r, rid)]
+    made_ok = isinstance(made_id, str) and len(made_id) >= 8  # else the X-Request-ID item already failed
+    anonymous_logged = not made_ok or any(_mentions(r, made_id) for r in errors)
+    ok = bool(with_rid) and anonymous_logged
+    if ok:
+        hint = ""
+    elif not records.records:
+        hint = "What the client does not see, the log must: `logger.exception(...)` in the handler keeps the traceback."
+    elif not errors and sync_handler:
+        hint = ("Your handler is a plain `def`: it runs in a worker thread where no exception is being handled, so "
+                "`logger.exception` finds no traceback. Make it `async def`, or pass `exc_info=exc`.")
+    elif not errors:
+        hint = ("The record has no traceback: `logger.exception(...)` (or `exc_info=exc`) attaches it; "
+                "`logger.error(...)` alone does not.")
+    elif not with_rid:
+        hint = "Put the request id in the log line: `logger.exception(\"... %s\", request.state.request_id)`."
+    else:
+        hint = "Log `request.state.request_id` (the id the client gets back), not only the client's header."
+    report.add(
+        "the log holds the real error, its traceback and the request id", ok,
+        observed="" if ok else (f"{len(records.records)} log records, {len(errors)} with the RuntimeError attached, "
+                                f"{len(with_rid)} naming {rid}" + ("" if anonymous_logged else f"; none names {made_id!r}")),
+        expected=f"a record with the exception and the request id ({rid}, and the middleware's own ids)", hint=hint,
+    )
