@@ -25,6 +25,6 @@ def reset(lesson: str | int, exercise: int | None = None) -> None:
     from . import build
 
     try:
-        print("\n".join(build.reset_messages(str(lesson), exercise)))
+        print("\n".join(build.reset_messages(lesson, exercise)))
     except build.BuildError as exc:
         print(f"reset: {exc}")

@@ -219,6 +219,7 @@ def _shown(path: Path) -> str:
 
 def _lesson_file(lesson: str, solutions: Path) -> Path:
     lesson = str(lesson).strip()
+    lesson = lesson.zfill(2) if lesson.isdigit() else lesson  # 1 -> "01"
     matches = sorted(solutions.glob(f"{lesson}*.ipynb")) if lesson else []
     if len(matches) != 1:
         names = ", ".join(p.stem for p in sorted(solutions.glob("*.ipynb")))
@@ -273,7 +274,6 @@ RELOAD = ("If the notebook is open in JupyterLab:\n"
 
 def reset_messages(lesson: str, exercise: int | None = None, **paths) -> list[str]:
     """Reset (as `reset`) and say what happened, in the words a learner needs next."""
-    lesson = str(lesson).zfill(2) if str(lesson).isdigit() else str(lesson)  # 1 -> "01"
     source = _lesson_file(lesson, paths.get("solutions", SOLUTIONS))
     target = paths.get("notebooks", NOTEBOOKS) / source.name
     before = target.read_bytes() if target.exists() else None
