@@ -49,14 +49,11 @@ class AppClient(httpx.AsyncClient):
         return [error for error in self.app_errors if error.path == path]
 
 
-_is_learner_file = is_learner_file  # the name the lessons import
-
-
 def _learner_frame(exc: BaseException):
     """The innermost traceback frame that is neither a library's nor this package's."""
     found = None
     for frame, lineno in traceback.walk_tb(exc.__traceback__):
-        if _is_learner_file(frame.f_code.co_filename):
+        if is_learner_file(frame.f_code.co_filename):
             found = (frame.f_code.co_name, lineno, os.path.abspath(frame.f_code.co_filename))
     return found
 
@@ -64,7 +61,7 @@ def _learner_frame(exc: BaseException):
 def _learner_frame_of(frame):
     """The innermost frame of a live stack, from `frame` outwards, that is the learner's."""
     while frame is not None:
-        if _is_learner_file(frame.f_code.co_filename):
+        if is_learner_file(frame.f_code.co_filename):
             return frame.f_code.co_name, frame.f_lineno, frame.f_code.co_filename
         frame = frame.f_back
     return None

@@ -32,11 +32,12 @@ from dataclasses import dataclass
 import anyio.to_thread
 
 from .blocking import BlockingCall, BlockingWatch, _where, blocking_call
-from .harness import _is_learner_file, describe_exception, serve
+from .harness import describe_exception, serve
 from .observe import json_body, show_response, status_hint
 from .runner import check
 from .services import LegacyReports, PasswordHasher, SlowService, UserStore
 from .timing import InFlight, LoopMonitor, Timeline
+from .watchdog import is_learner_file
 
 LATENCY_S = 0.1  # of the forecast service and of the reporting SDK
 
@@ -141,7 +142,7 @@ def _learner_frame_in_loop(frame):
         if code is _REQUEST_CODE or (code.co_name in ("_run", "_run_once")
                                      and os.path.abspath(code.co_filename).startswith(_ASYNCIO_DIR)):
             break  # the check sent the request, or the loop itself: further out is not the app
-        if not code.co_filename.startswith("<frozen") and _is_learner_file(code.co_filename):
+        if is_learner_file(code.co_filename):
             outermost = frame
             if innermost is None:
                 innermost = frame

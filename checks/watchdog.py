@@ -25,8 +25,8 @@ import warnings
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-_ASYNCIO_DIR = os.path.dirname(os.path.abspath(asyncio.__file__))
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_ASYNCIO_DIR = os.path.dirname(os.path.abspath(asyncio.__file__)) + os.sep
 _LIBRARY_DIRS = tuple(
     os.path.abspath(path) + os.sep
     for path in {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
@@ -72,7 +72,12 @@ def is_learner_file(filename: str) -> bool:
     if filename.startswith("<frozen"):
         return False  # checked first: abspath("<frozen runpy>") is a path in the cwd
     filename = os.path.abspath(filename)
-    return not (filename.startswith(_LIBRARY_DIRS) or filename.startswith(_PACKAGE_DIR + os.sep))
+    return not filename.startswith((*_LIBRARY_DIRS, _PACKAGE_DIR))
+
+
+def _is_machinery(filename: str) -> bool:
+    """asyncio's own code or this package's."""
+    return os.path.abspath(filename).startswith((_ASYNCIO_DIR, _PACKAGE_DIR))
 
 
 def _is_internal(frame) -> bool:
@@ -87,8 +92,8 @@ def _is_internal(frame) -> bool:
         return False
     if frame.f_code.co_name == "_watched_sleep":
         return False
-    filename = os.path.abspath(frame.f_code.co_filename)
-    if filename.startswith(_ASYNCIO_DIR + os.sep) or filename.startswith(_PACKAGE_DIR + os.sep):
+    filename = frame.f_code.co_filename
+    if _is_machinery(filename):
         return True
     if os.path.basename(filename) in {"selectors.py", "threading.py"}:
         return not _called_by_learner(frame)
@@ -99,11 +104,9 @@ def _called_by_learner(frame) -> bool:
     """A learner frame calls `frame` before asyncio or this package does."""
     frame = frame.f_back
     while frame is not None:
-        name = frame.f_code.co_filename
-        if is_learner_file(name):
+        if is_learner_file(frame.f_code.co_filename):
             return True
-        path = os.path.abspath(name)
-        if path.startswith(_ASYNCIO_DIR + os.sep) or path.startswith(_PACKAGE_DIR + os.sep):
+        if _is_machinery(frame.f_code.co_filename):
             return False
         frame = frame.f_back
     return False
