@@ -236,7 +236,9 @@ OWN_SESSION = "the task opens a session of its own"
     (wrong_request_session, [OWN_SESSION], "closed"),
     (wrong_request_session_and_object, [RECORDS, OWN_SESSION], "closed before background tasks run"),
     (wrong_detached_object, [RECORDS], "detached"),
-    (wrong_create_task, ["the e-mail is sent by a background task of the request"], "create_task"),
+    # A task nobody waits for may not have sent its e-mail when the check counts (seen: [1, 0, 1]).
+    (wrong_create_task, ["the e-mail is sent by a background task of the request",
+                         "one confirmation e-mail per signup, to its address?"], "create_task"),
     (wrong_coroutine_to_add_task, [ONE_EMAIL], "add_task(fn, a, b)"),
     (wrong_def_task_no_await, [ONE_EMAIL], "never awaited"),
     (wrong_no_commit, [RECORDS], "never committed"),
@@ -249,7 +251,8 @@ OWN_SESSION = "the task opens a session of its own"
         "no task added", "default scope", "session never closed"])
 async def test_signup_mistakes(route, failed, hint):
     report = await check_signup.report(signup_app(route))
-    assert names(report) == failed, report.text()
+    optional = [name.rstrip("?") for name in failed if name.endswith("?")]  # may fail too, by timing
+    assert [n for n in names(report) if n not in optional] == [n for n in failed if not n.endswith("?")], report.text()
     assert hint in failure_text(report), failure_text(report)
     assert_feedback_rules(report)
 
