@@ -40,6 +40,7 @@ from .harness import AppClient, describe_exception, serve
 from .observe import json_body, show_response, status_hint
 from .runner import check
 from .services import UpstreamError
+from .tasks import started_tasks
 from .timing import InFlight, Span, Timeline
 
 # ---- the rates service: a real HTTP server on loopback ---------------------------------------
@@ -979,7 +980,11 @@ def _currency_key() -> str:
 
 @check("Lesson 07 · a single-flight cache: one upstream call per cold key, errors shared, entries expire", limit_s=15)
 async def check_single_flight(report, make_app, cache_class):
-    baseline = asyncio.all_tasks()
+    with started_tasks() as started:  # the cache's tasks only, never the kernel's queued cells
+        await _judge_single_flight(report, make_app, cache_class, started)
+
+
+async def _judge_single_flight(report, make_app, cache_class, started):
     upstream = RatesUpstream(latency_s=(random.uniform(0.03, 0.05), random.uniform(0.06, 0.09)))
     wait_s = 10 * upstream.latency_s[1] + 0.5
     ttl = float(random.randint(30, 600))
@@ -1020,9 +1025,8 @@ async def check_single_flight(report, make_app, cache_class):
     await _judge_keys_apart(report, cache, upstream, wait_s)
     await _judge_failure(report, cache, upstream, wait_s)
     await _judge_cancel(report, cache, upstream, wait_s)
-    settled = await _wait_until(lambda: all(t.done() for t in asyncio.all_tasks() - baseline
-                                            if t is not asyncio.current_task()), wait_s, 0.01)
-    left = [t for t in asyncio.all_tasks() - baseline if not t.done() and t is not asyncio.current_task()]
+    settled = await _wait_until(lambda: not started.pending(), wait_s, 0.01)
+    left = started.pending()
     report.add("no task left running", settled,
                observed=f"{len(left)} task(s) still running after every call returned"
                         + (f": {left[0].get_coro().__qualname__}" if left else ""),

@@ -45,6 +45,7 @@ from asgi_lifespan import LifespanManager
 from starlette.background import BackgroundTask
 
 from . import harness
+from .tasks import StartedTasks
 from .harness import AppStartupError, DemoStopped, _learner_frame_of, describe_exception
 from .watchdog import CheckTimeout, limit_active, time_limit
 
@@ -614,12 +615,12 @@ async def _record(
 ) -> AsyncIterator[Recorder]:
     if not callable(app):
         raise TypeError(f"record() needs an ASGI app such as FastAPI(), got {type(app).__name__}")
-    before = asyncio.all_tasks()
     manager = None
     target = _with_state_copy(app)
     if lifespan:
         manager = LifespanManager(target, startup_timeout=lifespan_timeout, shutdown_timeout=lifespan_timeout)
     recorder = Recorder(manager.app if manager else target, title or "what the client saw, and what ran after")
+    started = StartedTasks().__enter__()  # only what the app starts is the app's (not the kernel's)
     _active.append(recorder)
     try:
         if manager is not None:
@@ -669,19 +670,18 @@ async def _record(
         if blocked:
             raise blocked[0]
         clean = body_error is None or isinstance(body_error, Exception)
-        await _collect_leaks(recorder, before, leak_grace_s if clean else 0.0, cancel_leaks)
+        await _collect_leaks(recorder, started, leak_grace_s if clean else 0.0, cancel_leaks)
         if body_error is not None:
             raise body_error
     finally:
+        started.__exit__(None, None, None)
         if recorder in _active:
             _active.remove(recorder)
 
 
-async def _collect_leaks(recorder: Recorder, before: set, grace_s: float, cancel: bool) -> None:
+async def _collect_leaks(recorder: Recorder, started: StartedTasks, grace_s: float, cancel: bool) -> None:
     """Tasks the app created that are still pending after its lifespan ended."""
-    me = asyncio.current_task()
-    new = [t for t in asyncio.all_tasks() - before
-           if t is not me and t not in recorder._own_tasks and not _from_package(t)]
+    new = [t for t in started.pending() if t not in recorder._own_tasks and not _from_package(t)]
     if new:
         await asyncio.wait(new, timeout=grace_s)  # returns as soon as they are all done
     pending = [t for t in new if not t.done()]

@@ -1,8 +1,9 @@
-"""Learner copies, as generated, fail each check cell with CheckFailed and nothing else.
+"""Learner copies, as generated, fail each check cell with CheckFailed and nothing else; both
+copies answer every cell when JupyterLab's Run All queues them all at once.
 
-nbval cannot test this direction (its raises-exception mark also passes cells that do not
-raise, nbval #108), so the notebooks run here through nbclient in real kernels. The
-solution notebooks are run by nbval in the same test command.
+nbval cannot test the learner direction (its raises-exception mark also passes cells that do
+not raise, nbval #108), so the notebooks run here in real kernels. The solution notebooks are
+also run by nbval in the same test command, one cell at a time.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from run_all import run_all
 
 ROOT = Path(__file__).resolve().parent.parent
 LEARNER_NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+SOLUTION_NOTEBOOKS = sorted((ROOT / "solutions").glob("*.ipynb"))
 CELL_TIMEOUT_S = 60  # a check's own limit is far below this: hitting it is a bug in a check
+RUN_ALL_TIMEOUT_S = 180  # a whole notebook; the slowest takes under 10 s
 
 
 def execute(notebook) -> None:
@@ -26,30 +30,44 @@ def execute(notebook) -> None:
     client.execute()
 
 
-def tags(cell) -> list[str]:
-    return cell.get("metadata", {}).get("tags", [])
-
-
 def errors(cell) -> list:
     return [output for output in cell.get("outputs", []) if output["output_type"] == "error"]
 
 
+def answered_all(path: Path, runs) -> None:
+    unanswered = [run.index for run in runs if run.status is None]
+    assert not unanswered, f"{path.name}: cells {unanswered} never answered with every cell queued (Run All)"
+
+
+# JupyterLab's Run All queues every cell at once; nbclient and nbval send one at a time. Both
+# copies of every lesson are run the Run All way here (tests/run_all.py), so code that disturbs
+# the kernel's queued requests fails a test.
 @pytest.mark.parametrize("path", LEARNER_NOTEBOOKS, ids=lambda p: p.stem)
 def test_learner_copy_fails_every_check_cell_with_check_failed_only(path):
-    notebook = nbformat.read(path, as_version=4)
-    execute(notebook)
+    runs = run_all(nbformat.read(path, as_version=4).cells, path.parent, RUN_ALL_TIMEOUT_S)
+    answered_all(path, runs)
     checked = 0
-    for index, cell in enumerate(notebook.cells):
-        if cell.cell_type != "code":
-            continue
-        found = [f"{e['ename']}: {e['evalue']}" for e in errors(cell)]
-        if "check" in tags(cell):
+    for run in runs:
+        found = [f"{name}: {value}" for name, value in run.errors]
+        if "check" in run.tags:
             checked += 1
-            assert len(found) == 1 and found[0].startswith("CheckFailed: "), f"check cell {index}: {found}"
-            assert "Traceback" not in "".join(errors(cell)[0]["traceback"])
-        elif "raises-exception" not in tags(cell):
-            assert not found, f"cell {index} of the learner copy raised: {found}"
+            assert len(found) == 1 and found[0].startswith("CheckFailed: "), f"check cell {run.index}: {found}"
+            assert "Traceback" not in found[0]
+            assert [data["passed"] for data in run.course_checks] == [False], f"check cell {run.index}"
+        elif "raises-exception" not in run.tags:
+            assert not found, f"cell {run.index} of the learner copy raised: {found}"
     assert checked, f"{path.name} has no check cell"
+
+
+@pytest.mark.parametrize("path", SOLUTION_NOTEBOOKS, ids=lambda p: p.stem)
+def test_solution_answers_every_cell_when_run_all_queues_them(path):
+    runs = run_all(nbformat.read(path, as_version=4).cells, path.parent, RUN_ALL_TIMEOUT_S)
+    answered_all(path, runs)
+    for run in runs:
+        if "raises-exception" not in run.tags:
+            assert not run.errors, f"cell {run.index} of the solution raised: {run.errors}"
+        if "check" in run.tags:
+            assert [data["passed"] for data in run.course_checks] == [True], f"check cell {run.index}"
 
 
 def test_a_loop_blocked_forever_is_stopped_and_the_kernel_lives_on():
