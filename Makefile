@@ -13,8 +13,10 @@ LAB_ARGS ?=
 # JupyterLab starts with the course's environment first on PATH, so `course` and `python` in
 # its terminal are the course's own.
 LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.json
+# Its terminal finds `course` however Lab is started (see the file's comments).
+LAB_CONFIG := $(VENV)/etc/jupyter/jupyter_server_config.py
 
-course: $(VENV)/.installed-lab $(LAB_SETTINGS)
+course: $(VENV)/.installed-lab $(LAB_SETTINGS) $(LAB_CONFIG)
 	@echo "==> starting JupyterLab on the welcome notebook (Ctrl+C twice to stop)"
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/jupyter lab $(ROOT_FLAG) --LabApp.default_url=/lab/tree/notebooks/00_welcome.ipynb $(LAB_ARGS)
 
@@ -22,6 +24,10 @@ course: $(VENV)/.installed-lab $(LAB_SETTINGS)
 $(LAB_SETTINGS): binder/overrides.json $(VENV)/.installed-lab
 	@mkdir -p $(dir $@)
 	cp binder/overrides.json $@
+
+$(LAB_CONFIG): binder/jupyter_server_config.py $(VENV)/.installed-lab
+	@mkdir -p $(dir $@)
+	cp binder/jupyter_server_config.py $@
 
 test: $(VENV)/.installed-dev chromium
 	$(PY) -m pytest tests solutions --nbval-lax -n 2 --dist loadfile

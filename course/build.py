@@ -257,12 +257,20 @@ def reset(lesson: str, exercise: int | None = None, solutions: Path = SOLUTIONS,
     except ValueError:
         raise BuildError(f"{_shown(target)} is not a readable notebook: reset the whole lesson instead") from None
     fresh_cell = next(cell for cell in fresh["cells"] if cell.get("id") == cell_id)
-    for index, cell in enumerate(mine.get("cells", [])):
+    cells = mine.get("cells", [])
+    for index, cell in enumerate(cells):
         if cell.get("id") == cell_id:
-            mine["cells"][index] = fresh_cell
+            cells[index] = fresh_cell
             break
     else:
         raise BuildError(f"exercise {exercise}'s cell is no longer in {_shown(target)}: reset the whole lesson instead")
+    # The exercise's check cells lose their old report: a failing verdict under a fresh stub misleads.
+    exercise_ids = {solution["cells"][i].get("id") for i in regions}
+    for cell in cells[index + 1:]:
+        if cell.get("id") in exercise_ids:  # the next exercise's cells are not this one's
+            break
+        if "check" in cell.get("metadata", {}).get("tags", []):
+            cell["outputs"], cell["execution_count"] = [], None
     return target, _write(target, dumps(mine), backups)
 
 

@@ -67,6 +67,9 @@ def test_post_build_installs_the_lab_settings_that_make_course_uses(tmp_path):
     installed = tmp_path / "share" / "jupyter" / "lab" / "settings" / "overrides.json"
     assert json.loads(installed.read_text()) == settings
     assert "binder/overrides.json" in (ROOT / "Makefile").read_text()
+    server_config = tmp_path / "etc" / "jupyter" / "jupyter_server_config.py"
+    assert server_config.read_text() == (BINDER / "jupyter_server_config.py").read_text()
+    assert "binder/jupyter_server_config.py" in (ROOT / "Makefile").read_text()
 
 
 def test_instructor_workflow_runs_nbval_with_loadfile_and_the_learner_copy_test():

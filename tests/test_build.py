@@ -134,21 +134,28 @@ def test_reset_one_exercise_keeps_the_rest_of_the_learners_notebook(tmp_path):
     solutions, notebooks, backups = _course(
         tmp_path,
         code("### BEGIN SOLUTION\nx = 1\n### END SOLUTION"),
+        code("check_x(x)", tags=["check"]),
         code("### BEGIN SOLUTION\ny = 2\n### END SOLUTION"),
+        code("check_y(y)", tags=["check"]),
     )
     cells = json.loads((solutions / "07_demo.ipynb").read_text())
-    cells["cells"][0]["id"], cells["cells"][1]["id"] = "first", "second"
+    for cell, cell_id in zip(cells["cells"], ("first", "check-first", "second", "check-second")):
+        cell["id"] = cell_id
     (solutions / "07_demo.ipynb").write_text(json.dumps(cells))
     build.build(solutions, notebooks, backups)
     target = notebooks / "07_demo.ipynb"
     mine = json.loads(target.read_text())
-    mine["cells"][0]["source"], mine["cells"][1]["source"] = "x = 'mine'", "y = 'broken'"
+    mine["cells"][0]["source"], mine["cells"][2]["source"] = "x = 'mine'", "y = 'broken'"
+    report = [{"output_type": "error", "ename": "CheckFailed", "evalue": "✗", "traceback": []}]
+    mine["cells"][1]["outputs"], mine["cells"][3]["outputs"] = list(report), list(report)
     target.write_text(build.dumps(mine))
 
     written, kept = build.reset("07", 2, solutions, notebooks, backups)
     after = json.loads(written.read_text())
     assert after["cells"][0]["source"] == "x = 'mine'"  # exercise 1 untouched
-    assert after["cells"][1]["source"] == "# YOUR CODE HERE"
+    assert after["cells"][1]["outputs"] == report  # and its check's report too
+    assert after["cells"][2]["source"] == "# YOUR CODE HERE"
+    assert after["cells"][3]["outputs"] == []  # no old verdict under the fresh stub
     assert "y = 'broken'" in kept.read_text()
     with pytest.raises(BuildError, match="exercises 1 to 2"):
         build.reset("07", 3, solutions, notebooks, backups)
@@ -229,3 +236,15 @@ def test_reset_says_what_it_did_and_what_was_never_saved(tmp_path):
     assert said[0] == f"Fresh copy of 07_demo.ipynb written to {target}."
     (kept,) = backups.iterdir()
     assert said[1] == f"Your previous copy is kept in {kept}."
+
+
+def test_fastapis_shipped_guidance_is_shown_where_the_learner_is(capsys):
+    """Lessons cite FastAPI's guidance; it lives in a hidden folder JupyterLab cannot open."""
+    from course import fastapi_guidance, guidance
+
+    assert {"SKILL", "dependencies", "streaming"} <= set(fastapi_guidance.topics())
+    section = fastapi_guidance.text("SKILL", "async vs sync")
+    assert section.startswith("## Async vs Sync") and "\n## " not in section
+    assert "Depends" in fastapi_guidance.text("dependencies")
+    guidance("no-such-topic")
+    assert "no guidance named 'no-such-topic'" in capsys.readouterr().out

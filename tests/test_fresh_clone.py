@@ -7,6 +7,7 @@ free loopback port instead of opening a browser, asked for the notebooks, and st
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,29 @@ import pytest
 import urllib.request
 
 from lab_server import TOKEN, free_port, get, lab_args, running
+
+
+def terminal_output(port: int, command: str, timeout_s: float = 20.0) -> str:
+    """Open a JupyterLab terminal, type `command`, and return what it printed up to a marker."""
+    import websocket  # websocket-client, installed with JupyterLab
+
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/terminals", data=b"", method="POST",
+                                     headers={"Authorization": f"token {TOKEN}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        name = json.loads(response.read())["name"]
+    socket = websocket.create_connection(f"ws://127.0.0.1:{port}/terminals/websocket/{name}?token={TOKEN}",
+                                         timeout=timeout_s)
+    try:
+        socket.send(json.dumps(["stdin", f"{command}; echo END-$((6*7))\r"]))
+        seen = ""
+        deadline = time.monotonic() + timeout_s
+        while "END-42" not in seen and time.monotonic() < deadline:
+            kind, *payload = json.loads(socket.recv())
+            if kind == "stdout":
+                seen += payload[0]
+        return seen
+    finally:
+        socket.close()
 
 
 class NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -46,4 +70,8 @@ def test_first_readme_command_sets_up_and_serves_the_notebooks(tmp_path):
             assert response.headers["Location"].split("?")[0].endswith("/lab/tree/notebooks/00_welcome.ipynb")
         status, body = get(f"http://127.0.0.1:{port}/api/kernelspecs")
         assert "python3" in json.loads(body)["kernelspecs"]
+        # Lab's stdout is a log file here, as under nohup or in a container: its terminal must
+        # still find the course's own `course` (a login shell would have reset PATH).
+        found = terminal_output(port, "command -v course")
+        assert str(clone / ".venv" / "bin" / "course") in found, found
     assert (clone / ".venv" / "bin" / "jupyter").exists(), "the first command installs into the clone's own .venv"
