@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -59,6 +60,8 @@ def jupyter_env(home: Path, lean: bool = False) -> dict[str, str]:
     for target, values in files.items():
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(values))
+    if lean:  # the server config `make course` and Binder install (beside the JSON one: both are read)
+        shutil.copy(Path(__file__).resolve().parent.parent / "binder" / "jupyter_server_config.py", home / "config")
     env = dict(os.environ)
     env.update(
         JUPYTER_CONFIG_DIR=str(home / "config"),

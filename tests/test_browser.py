@@ -300,6 +300,8 @@ def test_learner_journey_through_lesson_00(lab):
     start = time.monotonic()
     notebook = lab.open(f"notebooks/{name}")
     page, check_cell = lab.page, notebook.cells.nth(at["check"])
+    # 0. Just opened, with its kernel connected: nothing changed, so closing it asks nothing.
+    assert not notebook.dirty(), "a notebook just opened is marked changed"
 
     # 1. Run all: the check fails with its report once and a one-line CheckFailed under it.
     notebook.run_all()
