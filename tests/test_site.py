@@ -46,10 +46,19 @@ def site_build_module():
     return module
 
 
+LEARNER_PROGRESS = ROOT / ".course" / "progress.json"
+
+
+def snapshot(path: Path) -> bytes | None:
+    return path.read_bytes() if path.exists() else None
+
+
 @pytest.fixture(scope="session")
 def site(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("site")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("COURSE_PROGRESS_FILE", None)  # as from a terminal: the build must bring its own
+    before = snapshot(LEARNER_PROGRESS)
     result = subprocess.run(
         [sys.executable, str(ROOT / "site" / "build.py"), "--out", str(out / "html"), "--work", str(out / "work"),
          "--cache", str(ROOT / "_build" / "site-cache")],
@@ -57,6 +66,7 @@ def site(tmp_path_factory) -> Path:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "WARNING" not in result.stderr, result.stderr[-3000:]  # Sphinx's warnings: broken refs, bad markup
+    assert snapshot(LEARNER_PROGRESS) == before, "building the site wrote to the learner's progress"
     return out / "html"
 
 
@@ -143,6 +153,12 @@ def test_the_syllabus_lists_every_lesson_with_what_it_teaches_and_its_run_time(s
         assert re.search(r"\b\d+ s$", text), f"{lesson.stem}: no run time in {text[-40:]!r}"
 
 
+def test_kernels_of_the_build_record_progress_in_a_throw_away_file_and_show_one_line_failures(tmp_path):
+    env = site_build_module().kernel_env(tmp_path / "progress.json")
+    assert env["COURSE_PROGRESS_FILE"] == str(tmp_path / "progress.json")
+    assert "COURSE_FULL_ERRORS" not in env and env["PYTHONPATH"].split(os.pathsep)[0] == str(ROOT)
+
+
 def test_a_new_lesson_appears_in_the_syllabus_by_itself(tmp_path):
     build = site_build_module()
     for lesson in LESSONS[:2]:
@@ -212,9 +228,10 @@ def test_links_module_builds_well_formed_urls_for_another_repository_and_hub():
         f"https://mybinder.org/v2/gh/acme/async-class/{links.BRANCH}?urlpath=lab/tree/notebooks/03_validators.ipynb")
 
 
-def test_readme_badge_is_made_from_the_same_links():
+def test_readme_badge_and_hub_example_are_made_from_the_same_links():
     readme = (ROOT / "README.md").read_text()
     assert f"]({links.binder_url('notebooks/00_welcome.ipynb')})" in readme
+    assert links.hub_url("notebooks/01_event_loop.ipynb") in readme
     assert "course/links.py" in readme
 
 
