@@ -43,6 +43,8 @@ def code_key() -> str:
     """A hash of the code whose behaviour the outputs show: a change there runs the lessons again."""
     digest = hashlib.sha256(sys.version.encode())
     for path in sorted([*ROOT.glob("checks/*.py"), *ROOT.glob("course/*.py")]):
+        if path.name == "links.py":  # addresses only: a new hub URL needs no new outputs
+            continue
         digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()
 
@@ -108,7 +110,8 @@ def summary(path: Path) -> tuple[str, str]:
     blocks = [b.strip() for b in source.split("\n\n") if b.strip()]
     title = blocks[0].lstrip("#").strip()
     paragraph = next((b for b in blocks[1:] if not b.startswith(("#", "-", "1.", "|", "`"))), "")
-    return title, " ".join(paragraph.split())
+    paragraph = " ".join(paragraph.split())
+    return title, paragraph[:-1] + "." if paragraph.endswith(":") else paragraph  # a list followed it
 
 
 def syllabus(paths: list[Path], runs: dict[str, tuple[Path, float]], jobs: int) -> str:
@@ -150,6 +153,8 @@ def build(out: Path, work: Path, cache: Path, jobs: int) -> float:
     status = build_main(["-b", "html", "-q", "-c", str(SITE), "-d", str(work / "doctrees"), str(source), str(out)])
     if status:
         raise SystemExit(f"sphinx-build failed ({status})")
+    for source_map in out.glob("_static/**/*.map"):
+        source_map.unlink()  # the theme's source maps: half the site, read only by a debugger
     (out / ".nojekyll").touch()  # GitHub Pages would hide _static/ and _images/ otherwise
     seconds = time.perf_counter() - start
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
