@@ -50,6 +50,10 @@ bench: $(VENV)/.installed-dev        ## seconds per notebook and per check cell
 bench-verdicts: $(VENV)/.installed-dev  ## wrong verdicts and margins of the timing checks, idle and loaded
 	$(PY) -u bench/verdicts.py --runs 15  # about 12 min on 2 cores (10 runs took 468 s)
 
+.PHONY: site
+site: $(VENV)/.installed-site      ## the course as a static website in _build/site/ (offline; see site/build.py)
+	$(PY) site/build.py --out _build/site
+
 # Setup says what it does: about a minute the first time, then nothing until pyproject.toml changes.
 $(VENV)/.installed-%: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (found %s)" % sys.version.split()[0])'
