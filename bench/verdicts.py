@@ -162,7 +162,7 @@ class Case:
 CASES = [
     # Lesson 01: these wrong answers are seen only by the sampler (a clock), not by BlockingWatch.
     Case(check_forecast, route("GET", "/forecast/{city}"),
-         [l01.forecast_awaits, l01.forecast_def_route, l01.forecast_def_route_from_thread],
+         [l01.forecast_awaits, l01.forecast_through_helper, l01.forecast_with_deadline],
          [(l01.forecast_waits_on_thread, (LOOP, TOGETHER))], lesson01_signals()),
     Case(check_report, route("GET", "/report/{month}"),
          [l01.report_def_route, l01.report_to_thread],

@@ -15,12 +15,16 @@ judges, in this order (stopping at a broken response):
      itself, in a thread, before the requests;
 3. "serves requests concurrently": the service's exact in-flight counter (serialised code: 1);
 4. async calls ran on the app's event loop (not on a second loop made by `asyncio.run`).
+Exercise 1 also asks for the async client: a `def` route, or `get_blocking` handed to a thread, keeps
+the loop free but holds a worker thread for every waiting request (judged by exact signals: the
+route's kind, and `get_blocking`'s calls counted on every thread).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dis
+import inspect
 import os
 import random
 import sys
@@ -163,10 +167,16 @@ class ForecastService(_CallsOnLoops, SlowService):
         super().__init__("forecast", latency_s=latency_s)
         self.salt = 0
         self.loops: list = []
+        self.blocking_calls: list[str] = []  # where each get_blocking() ran: "loop" or "thread"
 
     def reset(self) -> None:
         super().reset()
         self.loops = []
+        self.blocking_calls = []
+
+    def get_blocking(self, city: str) -> dict:
+        self.blocking_calls.append(threading.current_thread().name)  # list.append: safe from any thread
+        return super().get_blocking(city)
 
     def answer(self, city: str) -> dict:
         code = sum(map(ord, city)) * 31 + self.salt
@@ -229,11 +239,13 @@ MONTHS = [f"2026-{m:02d}" for m in range(1, 13)]
 SLEEP_HINT = ("`time.sleep` holds the thread it runs on: in `async def`, or in a plain function it calls, "
               "that is the event loop's thread, for every request. To wait there, `await asyncio.sleep(...)`.")
 HELPER_NOTE = " A plain function called from `async def` runs on the event loop's thread too."
+# The lesson's rule for `async def`: a blocking wait goes to `run_in_threadpool` (the 40 threads `def`
+# routes share); CPU work may use either pool (more threads than cores hash no faster).
 WAIT_HINT = ("Waiting on the event loop's thread, for a thread's result (`.result()`), a lock or a socket, holds "
              "the loop as surely as the blocking call itself: `await` the thread's result instead "
-             "(`await asyncio.to_thread(...)`).")
+             "(`await run_in_threadpool(fn, *args)`).")
 CPU_HINT = ("CPU work in `async def` (or in a plain function it calls) holds the event loop until it is done: "
-            "hand it to a thread and await it (`await asyncio.to_thread(...)`), or make it smaller.")
+            "hand it to a thread and await it (`run_in_threadpool` or `asyncio.to_thread`), or make it smaller.")
 HIDDEN_STALL_HINT = ("Something in the route kept the thread busy without awaiting, most likely CPU work in Python: "
                      "hand it to a thread and await it, or make it smaller.")
 QUEUED_HINT = ("The event loop stayed free, yet the calls ran one after another: something makes requests wait "
@@ -359,6 +371,10 @@ def _status_hint(response, method: str, path: str, client, run: Run) -> str:
     if response.status_code >= 500 and "object is not callable" in text and _service_calls(run.on_loop):
         return ("The blocking call ran on the event loop before the thread got it: `to_thread` and "
                 "`run_in_threadpool` take the function and its arguments, separately, and call it in the thread.")
+    if response.status_code >= 500 and "pickle" in text:
+        return ("A process pool sends the function and its arguments to another process by pickling them, and this "
+                "stand-in hasher cannot be pickled (it holds a lock). It needs no process: PBKDF2 releases the GIL, "
+                "so threads hash in parallel (measured in the lesson). Await it in a thread.")
     if response.status_code >= 500 and "cannot be called from a running event loop" in text:
         return ("`asyncio.run` starts a new event loop, and this thread already runs one: in `async def`, just "
                 "`await` the coroutine.")
@@ -415,6 +431,27 @@ def _judge_loop(report, app, path_template: str, run: Run, one_call_s: float, ya
                  f"would hold it for",
         hint=HIDDEN_STALL_HINT,
     )
+
+
+THREAD_HINT = ("A worker thread keeps the loop free, but each waiting request holds one for the whole wait, from a "
+               "pool of 40 (`def` routes, `run_in_threadpool`) or fewer (`asyncio.to_thread`): 100 requests at once "
+               "wait in three waves of 40. The service has an async client: in `async def`, "
+               "`await forecast_api.get(city)` waits holding no thread.")
+
+
+def _judge_async_client(report, app, run: Run) -> bool:
+    """Exercise 1: awaited, not waited for in a thread. Exact: the route's kind, get_blocking's calls."""
+    endpoints = [route.endpoint for route in getattr(getattr(app, "router", None), "routes", []) or []
+                 if getattr(route, "path", None) == "/forecast/{city}" and hasattr(route, "endpoint")]
+    in_threads = forecast_api.blocking_calls  # those on the loop's thread failed the item before
+    if endpoints and not any(inspect.iscoroutinefunction(e) for e in endpoints):
+        observed = "a plain `def` route: FastAPI runs each request in a worker thread"
+    elif in_threads:
+        observed = f"{len(in_threads)} of {len(run.inputs)} requests called forecast_api.get_blocking() in a worker thread"
+    else:
+        return report.add("awaits the async client, holding no thread", True)
+    return report.fail("awaits the async client, holding no thread", observed=observed,
+                       expected="`async def`, awaiting forecast_api.get(city)", hint=THREAD_HINT)
 
 
 def _judge_concurrency(report, run: Run, service: str, loop_free: bool) -> None:
@@ -476,6 +513,8 @@ async def check_forecast(report, app):
                            f"one {LATENCY_S * 1000:.0f} ms call to forecast_api",
                            {"forecast.get_blocking()": "`get_blocking` holds the thread while it waits, and in "
                             "`async def` that thread runs the event loop. The service also has a client you can await."})
+        if free:
+            _judge_async_client(report, app, run)
         _judge_concurrency(report, run, "forecast_api", free)
         if forecast_api.loops:
             _judge_loops(report, forecast_api.loops, app_loop, "forecast_api.get()")

@@ -27,6 +27,7 @@ from typing import Annotated
 
 import anyio.to_thread
 import h11
+from asgi_lifespan import LifespanManager
 import httpx
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -733,6 +734,127 @@ def _draw_in_flight(reports: ReportsClient, limit: int):
     return png
 
 
+SECOND_LOOP_S = 5.0
+
+
+async def on_another_loop(app, paths: list[str], timeout_s: float = SECOND_LOOP_S) -> list:
+    """Start `app` and send `paths` at once from a new event loop in a thread of its own, as the next
+    test of a suite (a loop per test) or a second worker does. Returns each response, or the error the
+    app raised. A daemon thread, bounded by `timeout_s`: code that hangs there cannot hold the kernel."""
+
+    async def run() -> list:
+        async with asyncio.timeout(timeout_s), LifespanManager(app) as manager:
+            transport = httpx.ASGITransport(app=manager.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                return await asyncio.gather(*(client.get(path) for path in paths), return_exceptions=True)
+
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future = loop.create_future()
+
+    def settle(result, error) -> None:
+        if not done.done():
+            done.set_exception(error) if error is not None else done.set_result(result)
+
+    def thread() -> None:
+        try:
+            result, error = asyncio.run(run()), None
+        except BaseException as exc:  # noqa: BLE001 -- handed to the caller, whatever it is
+            result, error = None, exc
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=thread, name="course-second-loop", daemon=True).start()
+    async with asyncio.timeout(timeout_s + 1):
+        return await done
+
+
+class _SemaphoresMade:
+    """Counts the `asyncio.Semaphore`s created while active (per-request semaphores show up here)."""
+
+    def __enter__(self) -> "_SemaphoresMade":
+        self.count, self._init = 0, asyncio.Semaphore.__init__
+        watch, original = self, self._init
+
+        def counted(semaphore, *args, **kwargs):
+            watch.count += 1
+            original(semaphore, *args, **kwargs)
+
+        asyncio.Semaphore.__init__ = counted
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        asyncio.Semaphore.__init__ = self._init
+
+
+def _limits_on(app, paths: tuple[str, ...]) -> list:
+    """The dependencies with `max_concurrency` on these routes: (function, does it yield)."""
+    found = []
+
+    def walk(dependant) -> None:
+        for sub in getattr(dependant, "dependencies", []) or []:
+            if getattr(sub, "concurrency", None) is not None:
+                call = getattr(sub, "call", None)
+                found.append((call, inspect.isasyncgenfunction(call) or inspect.isgeneratorfunction(call)))
+            walk(sub)
+
+    for route in getattr(getattr(app, "router", None), "routes", []) or []:
+        if getattr(route, "path", None) in paths:
+            walk(getattr(route, "dependant", None))
+    return found
+
+
+def _unlimited_hint(app, per_request_semaphores: int) -> str:
+    """Why nothing held the calls back, from what the app holds (exact), not from a guess."""
+    limits = _limits_on(app, ("/reports/{name}", "/exports/{name}"))
+    returning = [call for call, yields in limits if not yields]
+    if returning:
+        name = getattr(returning[0], "__name__", "the dependency")
+        return (f"`{name}` has `max_concurrency` but returns instead of yielding: a dependency without `yield` "
+                f"gives its place back when it returns, before the route calls the server. Yield the client, so "
+                f"the place is held until the request is over.")
+    if per_request_semaphores:
+        return (f"{per_request_semaphores} semaphores were made while those 12 requests ran: a semaphore made inside "
+                f"the request limits that request only. One limit for every request: `Depends(..., "
+                f"max_concurrency=3)` on the dependency that gives the routes the client.")
+    if not limits:
+        return ("Nothing on these routes limits the calls: put `max_concurrency` on the dependency that gives the "
+                "routes the reports client (FastAPI's guidance: on the dependency that owns the resource).")
+    return "The routes' limit did not hold the calls back: the place must be held while the route calls the server."
+
+
+LOOP_BOUND_HINT = ("A semaphore made once (at import, or when the app is built) belongs to the first event loop that "
+                   "waited on it, and raises on any other: each test of a suite runs on a loop of its own, and so "
+                   "does each worker. `Depends(..., max_concurrency=N)` keeps one semaphore per event loop.")
+
+
+async def _judge_second_loop(report, app, reports: ReportsClient) -> None:
+    """The same app, started again on a new event loop (the next test of a suite): the limit still holds."""
+    reports.in_flight.reset()
+    paths = [f"/reports/{_report_name()}" for _ in range(6)] + [f"/exports/{_report_name()}" for _ in range(6)]
+    try:
+        results = await on_another_loop(app, paths)
+    except TimeoutError:
+        report.fail("the limit works on another event loop too", observed=f"12 requests from a second event loop: "
+                    f"not all answered within {SECOND_LOOP_S:g} s", expected="12 × 200",
+                    hint="Something the routes wait for belongs to the first event loop: make the limit with "
+                         "`Depends(..., max_concurrency=N)`, which keeps one per loop.")
+        return
+    errors = [r for r in results if isinstance(r, BaseException)]
+    failed = [r for r in results if not isinstance(r, BaseException) and r.status_code != 200]
+    if errors or failed:
+        text = describe_exception(errors[0]) if errors else f"{failed[0].status_code} {failed[0].text[:100]}"
+        bound = bool(errors) and "different event loop" in str(errors[0])
+        report.fail("the limit works on another event loop too",
+                    observed=f"12 requests from a second event loop (as the next test of a suite makes): "
+                             f"{len(errors) + len(failed)} failed, e.g. {text}",
+                    expected="12 × 200, at most 3 calls at once",
+                    hint=LOOP_BOUND_HINT if bound else "Look at the error: the app must work on any event loop.")
+        return
+    report.add("the limit works on another event loop too", reports.in_flight.peak == REPORTS_LIMIT,
+               observed=f"12 requests from a second event loop: at most {reports.in_flight.peak} calls at once",
+               expected=f"{REPORTS_LIMIT}", hint=LOOP_BOUND_HINT)
+
+
 @check("Lesson 07 · one limit of 3 calls to the reports server, shared by every route", limit_s=15)
 async def check_shared_limit(report, make_app, add_report_routes):
     reports = ReportsClient(latency_s=(random.uniform(0.05, 0.06), random.uniform(0.08, 0.1)))
@@ -763,11 +885,12 @@ async def check_shared_limit(report, make_app, add_report_routes):
         await _burst(client, reports, 12)
         peak_after = reports.in_flight.peak
         ping, busy = await _ping_while_busy(client, reports)
-        one_route = None
+        one_route, made = None, 0
         if peak > REPORTS_LIMIT:  # which mistake? 12 requests to one route alone tell them apart
             reports.in_flight.reset()
-            await asyncio.gather(*(client.get(f"/reports/{_report_name()}") for _ in range(12)))
-            one_route = reports.in_flight.peak
+            with _SemaphoresMade() as semaphores:
+                await asyncio.gather(*(client.get(f"/reports/{_report_name()}") for _ in range(12)))
+            one_route, made = reports.in_flight.peak, semaphores.count
     report.figure(f"Calls to the reports server in flight: 12 requests on two routes at once, 2 that fail, 12 more "
                   f"(limit {REPORTS_LIMIT})",
                   picture)
@@ -782,8 +905,7 @@ async def check_shared_limit(report, make_app, add_report_routes):
                 "own, even for the same function. Declare it once (an `Annotated` alias) and use that in both.")
         alone = f"; 12 requests to /reports alone: at most {one_route} at once"
     elif one_route >= 12:
-        hint = ("Nothing held the calls back: a semaphore made inside the request limits that request only, and a "
-                "dependency without `yield` gives its place back when it returns, before the route calls the server.")
+        hint = _unlimited_hint(app, made)
         alone = f"; 12 requests to /reports alone: {one_route} at once"
     else:
         hint = f"The limit lets {one_route} through at a time: the server takes {REPORTS_LIMIT}."
@@ -813,6 +935,8 @@ async def check_shared_limit(report, make_app, add_report_routes):
                    expected=f"{REPORTS_LIMIT} again",
                    hint="A place taken must be given back when the call raises: `async with` (or a `yield` "
                         "dependency, whose exit always runs) does it; a release after the call does not.")
+    if report.passed:
+        await _judge_second_loop(report, app, reports)
 
 
 # ---- exercise 3: single-flight caching ---------------------------------------------------------------
@@ -1097,21 +1221,42 @@ async def _judge_failure(report, cache, upstream, wait_s) -> None:
 
 
 async def _judge_cancel(report, cache, upstream, wait_s) -> None:
+    """Eight callers of one cold key; one gives up while the fill runs. Tried twice, so both kinds of caller
+    are covered: the one that started the fill, and one that only waits for it."""
+    for who, index in (("the first caller", 0), ("a caller waiting for the fill", 4)):
+        if not await _one_gives_up(report, cache, upstream, wait_s, who, index):
+            return
+
+
+async def _one_gives_up(report, cache, upstream, wait_s, who: str, index: int) -> bool:
     key = _currency_key()
-    tasks = [asyncio.ensure_future(cache.get(key)) for _ in range(8)]
+    tasks = []
+    for _ in range(8):  # one at a time, each into its get: the first starts the fill, the others find it
+        tasks.append(asyncio.ensure_future(cache.get(key)))
+        await asyncio.sleep(0)
     await _wait_until(lambda: upstream.calls_for(key) >= 1, wait_s)
-    tasks[0].cancel()  # the first caller gives up (a client disconnects, a timeout)
-    done, pending = await asyncio.wait(tasks[1:], timeout=wait_s)
+    tasks[index].cancel()  # a client disconnects, a timeout
+    others = tasks[:index] + tasks[index + 1:]
+    done, pending = await asyncio.wait(others, timeout=wait_s)
     for task in pending:
         task.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=0.5)
     values = [t.result() if not t.cancelled() and t.exception() is None else
               (asyncio.CancelledError() if t.cancelled() else t.exception()) for t in done]
+    calls = upstream.calls_for(key)
     good = sum(v == upstream.last(key) for v in values)
     broken = [v for v in values if isinstance(v, BaseException)]
-    report.add("one caller giving up does not fail the others", good == 7,
-               observed=f"the first caller was cancelled: {good} of the other 7 got the value"
-                        + (f", {len(broken)} got {type(broken[0]).__name__}" if broken else "")
-                        + (f", {len(pending)} still waiting" if pending else ""),
-               expected="7 of 7",
-               hint="Awaiting a shared task directly cancels it when that caller is cancelled, for everyone: run the "
-                    "fill in a task of its own and await it through `asyncio.shield(...)`.")
+    if calls > 1:
+        hint = ("The caller that gave up took the fill with it, and a second fetch started for the others: run "
+                "the fill in a task of its own, which no caller's cancellation reaches (`asyncio.shield(task)`).")
+    else:
+        hint = ("Awaiting a shared task or future directly cancels it when that caller is cancelled, for everyone: "
+                "run the fill in a task of its own and await it through `asyncio.shield(...)`.")
+    return report.add(f"one caller giving up does not fail the others: {who}",
+                      good == 7 and calls == 1,
+                      observed=f"cancelled it: {good} of the other 7 got the value, {calls} call(s) to the upstream"
+                               + (f", {len(broken)} got {type(broken[0]).__name__}" if broken else "")
+                               + (f", {len(pending)} still waiting" if pending else ""),
+                      expected="7 of 7, from 1 call",
+                      hint=hint)

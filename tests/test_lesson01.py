@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import anyio.from_thread
 import anyio.to_thread
@@ -49,7 +49,8 @@ def kinds(report):
         found.append("body" if name.endswith("right body") else "status" if name.endswith("answers 200")
                      else "loop" if name == "keeps the event loop free"
                      else "concurrency" if name == "serves requests concurrently"
-                     else "other loop" if name == "runs async calls on the app's event loop" else name)
+                     else "other loop" if name == "runs async calls on the app's event loop"
+                     else "thread" if name == "awaits the async client, holding no thread" else name)
     return found
 
 
@@ -98,6 +99,20 @@ async def forecast_noisy(city: str):
     print("fetching", city, file=sys.stderr)
     warnings.warn("old client", stacklevel=1)
     return await forecast_api.get(city)
+
+
+async def fetch_forecast(city: str) -> dict:
+    return await forecast_api.get(city)
+
+
+async def forecast_through_helper(city: str):
+    return await fetch_forecast(city)
+
+
+async def forecast_with_deadline(city: str) -> Forecast:
+    async with asyncio.timeout(5):  # the service may hang: give up after 5 s
+        answer = await forecast_api.get(city)
+    return Forecast(**answer)
 
 
 def polite_pause():
@@ -169,10 +184,17 @@ async def forecast_called_before_to_thread(city: str):
     return await asyncio.to_thread(forecast_api.get_blocking(city))
 
 
-FORECAST_RIGHT = [forecast_awaits, forecast_def_route, forecast_to_thread, forecast_threadpool, forecast_anyio,
-                  forecast_def_route_from_thread, forecast_def_route_with_backoff, forecast_noisy]
+FORECAST_RIGHT = [forecast_awaits, forecast_noisy, forecast_through_helper, forecast_with_deadline]
+THREAD = "each waiting request holds one for the whole wait"
 FORECAST_WRONG = [
     # (answer, failed items, words of its own hint)
+    # The loop stays free, but every waiting request holds a worker thread: the exercise asks to await.
+    (forecast_def_route, ["thread"], ("a plain `def` route", THREAD)),
+    (forecast_def_route_from_thread, ["thread"], ("a plain `def` route", THREAD)),
+    (forecast_def_route_with_backoff, ["thread"], ("a plain `def` route", THREAD)),
+    (forecast_to_thread, ["thread"], ("called forecast_api.get_blocking() in a worker thread", THREAD)),
+    (forecast_threadpool, ["thread"], ("called forecast_api.get_blocking() in a worker thread", THREAD)),
+    (forecast_anyio, ["thread"], ("called forecast_api.get_blocking() in a worker thread", THREAD)),
     (forecast_blocking, LOOP, "forecast.get_blocking() in forecast_blocking(), line"),
     (forecast_forgot_await, ["status"], "returned a coroutine object"),
     (forecast_to_thread_of_async_client, ["status"], "one handed to a thread, never runs it"),
@@ -183,7 +205,7 @@ FORECAST_WRONG = [
     (forecast_made_up, ["concurrency"], "only 0 of the 5 requests sent at once called forecast_api"),
     (forecast_one_at_a_time, ["concurrency"], "something makes requests wait for each other"),
     (forecast_waits_on_thread, LOOP, ("in forecast_waits_on_thread(), line", "inside `Future.result()`")),
-    (forecast_asyncio_run, ["other loop"], "in forecast_asyncio_run(), line"),
+    (forecast_asyncio_run, ["thread", "other loop"], "in forecast_asyncio_run(), line"),
     (forecast_called_before_to_thread, ["status"], "ran on the event loop before the thread got it"),
 ]
 
@@ -446,6 +468,15 @@ async def signup_one_hash_at_a_time(signup: Signup):
     return {"id": await user_store.save(signup.email, password_hash), "email": signup.email}
 
 
+_processes = ProcessPoolExecutor(max_workers=1)  # "CPU work belongs in a process pool"
+
+
+async def signup_process_pool(signup: Signup):
+    loop = asyncio.get_running_loop()
+    password_hash = await loop.run_in_executor(_processes, hash_password, signup.password)
+    return {"id": await user_store.save(signup.email, password_hash), "email": signup.email}
+
+
 def signup_asyncio_run(signup: Signup):
     password_hash = hash_password(signup.password)
     return {"id": asyncio.run(user_store.save(signup.email, password_hash)), "email": signup.email}
@@ -501,6 +532,7 @@ SIGNUP_WRONG = [
     (signup_waits_on_thread, LOOP, ("in signup_waits_on_thread(), line", "inside `Future.result()`")),
     (signup_one_hash_at_a_time, ["concurrency"], "a lock held across the call"),
     (signup_asyncio_run, ["other loop"], "in signup_asyncio_run(), line"),
+    (signup_process_pool, ["status"], ("cannot pickle", "PBKDF2 releases the GIL, so threads hash in parallel")),
     (signup_blocks_after_first, LOOP, "hash_password() in signup_blocks_after_first()"),
     (signup_hidden_sleep, SHORT_BLOCK, "time.sleep(0.03) in slow_down_guessing(), line"),
     (signup_scores_in_python, SHORT_BLOCK, ("computed for", "in password_strength(), line", "CPU work in `async def`")),

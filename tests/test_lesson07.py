@@ -328,16 +328,73 @@ def router_wide_limit(app):
     app.include_router(router)
 
 
+async def reports_with_cleanup(request: Request):
+    reports = request.state.reports
+    try:
+        yield reports
+    finally:
+        pass  # a real client would give back a session here
+
+
+def alias_with_cleanup(app):
+    alias = Annotated[ReportsClient, Depends(reports_with_cleanup, max_concurrency=3)]
+    routes_with(lambda route: alias)(app)
+
+
 @pytest.mark.parametrize("install", [
     lesson["add_report_routes"],
     routes_with(lambda route: SharedFunctionScope),
-    semaphore_per_app,
     router_wide_limit,
-], ids=["the notebook's", "a module alias, scope=function", "a semaphore per app in a yield dependency",
-        "an APIRouter's dependencies"])
+    alias_with_cleanup,
+], ids=["the notebook's", "a module alias, scope=function", "an APIRouter's dependencies",
+        "an alias made per app, try/finally around the yield"])
 async def test_shared_limit_right_answers_pass(install):
     report = await check_shared_limit.report(reports_app, install)
     assert report.passed, report.text()
+
+
+# Made at import (cell run): bound to the first event loop that waits on it. One per answer, because
+# each test here runs on a loop of its own.
+GLOBAL_IN_ROUTE = asyncio.Semaphore(3)
+GLOBAL_IN_DEPENDENCY = asyncio.Semaphore(3)
+
+
+def global_semaphore_in_route(app):
+    async def get_reports(request: Request):
+        return request.state.reports
+
+    ReportsDep = Annotated[ReportsClient, Depends(get_reports)]
+
+    @app.get("/reports/{name}")
+    async def report(name: str, reports: ReportsDep):
+        async with GLOBAL_IN_ROUTE:
+            return {"name": name, "rows": await reports.fetch(name)}
+
+    @app.get("/exports/{name}")
+    async def export(name: str, reports: ReportsDep):
+        async with GLOBAL_IN_ROUTE:
+            return {"name": name, "csv": await reports.export(name)}
+
+
+def global_semaphore_in_dependency(app):
+    async def slot(request: Request):
+        async with GLOBAL_IN_DEPENDENCY:
+            yield request.state.reports
+
+    alias = Annotated[ReportsClient, Depends(slot)]
+    routes_with(lambda route: alias)(app)
+
+
+def semaphore_in_route(app):  # no dependency limit, no semaphore in a dependency: one per request, in the route
+    @app.get("/reports/{name}")
+    async def report(name: str, request: Request):
+        async with asyncio.Semaphore(3):
+            return {"name": name, "rows": await request.state.reports.fetch(name)}
+
+    @app.get("/exports/{name}")
+    async def export(name: str, request: Request):
+        async with asyncio.Semaphore(3):
+            return {"name": name, "csv": await request.state.reports.export(name)}
 
 
 def semaphore_per_request(app):
@@ -415,14 +472,23 @@ def on_event_semaphore(app):
     routes_with(lambda route: Annotated[ReportsClient, Depends(slot)])(app)
 
 
+ONE_LIMIT = ["never more than 3 calls at once, both routes together"]
+OTHER_LOOP = ["the limit works on another event loop too"]
 LIMIT_MISTAKES = {
+    "a semaphore made at import, in the route": (global_semaphore_in_route, OTHER_LOOP,
+                                                 "belongs to the first event loop that waited on it"),
+    "a semaphore made at import, in a yield dependency": (global_semaphore_in_dependency, OTHER_LOOP,
+                                                          "belongs to the first event loop that waited on it"),
+    "a semaphore made with the app": (semaphore_per_app, OTHER_LOOP, "keeps one semaphore per event loop"),
+    "a semaphore per request, in the route": (semaphore_in_route, ONE_LIMIT,
+                                              "12 semaphores were made while those 12 requests ran"),
     "a semaphore per request": (semaphore_per_request, ["never more than 3 calls at once, both routes together"],
                                 "made inside the request"),
     "a limit per route": (limit_per_route, ["never more than 3 calls at once, both routes together"],
                           "`Annotated` alias"),
-    "a limit on a dependency without yield": (limit_without_yield,
-                                              ["never more than 3 calls at once, both routes together"], "without `yield`"),
-    "no limit": (no_limit, ["never more than 3 calls at once, both routes together"], "Nothing held the calls back"),
+    "a limit on a dependency without yield": (limit_without_yield, ONE_LIMIT,
+                                              "`reports_no_yield` has `max_concurrency` but returns instead of yielding"),
+    "no limit": (no_limit, ONE_LIMIT, "Nothing on these routes limits the calls"),
     "a limit of 1": (limit_of(1), ["3 calls at once when requests wait"], "lower than the 3"),
     "a limit of 4": (limit_of(4), ["never more than 3 calls at once, both routes together"], "lets 4 through"),
     "released only on success": (released_only_on_success, ["a failed call gives its place back"], "`async with`"),
@@ -439,6 +505,8 @@ async def test_shared_limit_mistakes(install, failed, hint):
     report = await failing(check_shared_limit, reports_app, install)
     assert names(report) == failed, report.text()
     assert hint in failure_text(report)
+    if failed == ONE_LIMIT and "made" not in hint:  # no semaphore is blamed where the app made none
+        assert "made inside the request" not in failure_text(report), report.text()
 
 
 # ---- exercise 3: single flight ---------------------------------------------------------------------------
@@ -623,6 +691,29 @@ class InlineFiller(Base):
             del self.pending[key]
 
 
+class EventThenRetry(Base):
+    """The first caller fetches; the others wait for an event and, finding no value, try again."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.filling = {}
+
+    async def get(self, key):
+        while True:
+            if self.fresh(key):
+                return self.values[key][0]
+            event = self.filling.get(key)
+            if event is None:
+                break
+            await event.wait()  # then: a value, or (the filler gave up) another go
+        event = self.filling[key] = asyncio.Event()
+        try:
+            return await self.store(key)
+        finally:
+            del self.filling[key]
+            event.set()
+
+
 class SwallowsErrors(NeverExpires):
     """Single flight and expiry right, but a failed fill answers None instead of raising."""
 
@@ -662,18 +753,23 @@ class EvictionLoop(NeverExpires):
         return await super().get(key)
 
 
+GIVES_UP = "one caller giving up does not fail the others: the first caller"
 CACHE_MISTAKES = {
     "no single flight (a stampede)": (NoSingleFlight, ["50 requests at once for one cold key: one upstream call"],
                                       "the first start the fill"),
+    # A lock: when the caller holding it gives up, the next one fetches again (a second fetch).
     "one lock for every key": (OneLockForAll, ["different keys do not wait for each other",
-                                               "a failing fill: one call, and every waiter gets its error"], "per key"),
-    "a lock per key: waiters retry a failure": (LockPerKey, ["a failing fill: one call, and every waiter gets its error"],
-                                                "slow"),
+                                               "a failing fill: one call, and every waiter gets its error", GIVES_UP],
+                               "per key"),
+    "a lock per key: waiters retry a failure": (LockPerKey, ["a failing fill: one call, and every waiter gets its error",
+                                                             GIVES_UP], "slow"),
     "a failure is cached": (FailureCached, ["a failure is not cached: the next call tries again"], "forget"),
     "no expiry": (NeverExpires, ["fetched again once ttl_s has passed"], "expire"),
     "expiry by the wall clock": (WallClock, ["fetched again once ttl_s has passed"], "not `time.monotonic()`"),
-    "a shared task without shield": (NoShield, ["one caller giving up does not fail the others"], "shield"),
-    "the first caller fills inline": (InlineFiller, ["one caller giving up does not fail the others"], "shield"),
+    "a shared task without shield": (NoShield, [GIVES_UP], "shield"),
+    "the first caller fills inline": (InlineFiller, [GIVES_UP], "shield"),
+    "the filler gives up, a waiter fetches again": (EventThenRetry, ["a failing fill: one call, and every waiter gets its "
+                                                    "error", GIVES_UP], "a second fetch started"),
     "errors swallowed": (SwallowsErrors, ["a failing fill: one call, and every waiter gets its error"], "re-raise"),
     "a clean-up loop never stopped": (EvictionLoop, ["no task left running"], "`__init__`"),
 }
