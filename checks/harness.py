@@ -133,7 +133,7 @@ async def serve(app, *, limit_s: float | None = None, **kwargs) -> AsyncIterator
             async with _serve(app, **kwargs) as client:
                 yield client
     except CheckTimeout as exc:
-        what = "the event loop was blocked" if exc.blocked else "something awaited forever"
+        what = exc.what
         raise DemoStopped(
             f"stopped after {limit:g} s: {what}. Code run by this cell (yours, from an exercise above?) "
             + ("never gave the event loop back: a busy loop or a blocking call in `async def`."

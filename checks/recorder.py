@@ -596,7 +596,7 @@ async def record(app, *, title: str | None = None, limit_s: float | None = None,
             async with _record(app, title=title, **kwargs) as recorder:
                 yield recorder
     except CheckTimeout as exc:
-        what = "the event loop was blocked" if exc.blocked else "something awaited forever"
+        what = exc.what
         raise DemoStopped(f"stopped after {limit:g} s: {what}. Code run by this cell (yours, from an exercise "
                           "above?) never finished.") from None
 

@@ -57,7 +57,7 @@ class Check:
             report.fail(
                 f"finishes within {self.limit_s:g} s",
                 observed=(
-                    f"stopped after {self.limit_s:g} s: the event loop was blocked"
+                    f"stopped after {self.limit_s:g} s: {exc.what}"
                     if exc.blocked
                     else f"still waiting after {self.limit_s:g} s"
                 ),

@@ -25,6 +25,8 @@ import warnings
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from .tasks import StartedTasks
+
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _ASYNCIO_DIR = os.path.dirname(os.path.abspath(asyncio.__file__)) + os.sep
 _LIBRARY_DIRS = tuple(
@@ -42,15 +44,25 @@ class LoopBlocked(BaseException):
 
 
 class CheckTimeout(Exception):
-    """A check ran out of time. `blocked` tells whether the event loop was stuck."""
+    """A check ran out of time. `blocked` tells whether the event loop was stuck, and `where`
+    ("in get(), line 7 of its cell") which learner code held it, when that is known."""
 
-    def __init__(self, limit_s: float, blocked: bool):
+    def __init__(self, limit_s: float, blocked: bool, where: str | None = None):
         self.limit_s = limit_s
         self.blocked = blocked
+        self.where = where if blocked else None
         super().__init__(
             f"time limit of {limit_s:g} s reached "
-            + ("(the event loop was blocked)" if blocked else "(something awaited forever)")
+            + (f"(the event loop was blocked{' ' + self.where if self.where else ''})" if blocked
+               else "(something awaited forever)")
         )
+
+    @property
+    def what(self) -> str:
+        """`the event loop was blocked in get(), line 7 of its cell` / `something awaited forever`."""
+        if not self.blocked:
+            return "something awaited forever"
+        return "the event loop was blocked" + (f" {self.where}" if self.where else "")
 
 
 # Set while a time limit is active in this context: an inner limit would replace the
@@ -65,6 +77,18 @@ def limit_active() -> bool:
 @dataclass
 class _State:
     fired: bool = False
+    where: str | None = None  # the learner's line the first interruption landed in
+
+
+def _learner_place(frame) -> str | None:
+    """`in get(), line 7 of its cell`: the innermost learner frame of a live stack."""
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if is_learner_file(filename):
+            in_cell = "ipykernel_" in filename or filename.startswith("<ipython")
+            return f"in {frame.f_code.co_name}(), line {frame.f_lineno}{' of its cell' if in_cell else ''}"
+        frame = frame.f_back
+    return None
 
 
 def is_learner_file(filename: str) -> bool:
@@ -132,9 +156,16 @@ async def time_limit(seconds: float, hard_grace_s: float | None = None):
     def on_alarm(signum, frame):
         if _is_internal(frame):
             return  # not in learner code: try again at the next tick
-        state.fired = True
+        if not state.fired:
+            state.fired, state.where = True, _learner_place(frame)
+            # Tasks of the code under test that wait their turn would each resume into the same
+            # busy code and need an interruption of their own (REFIRE_S apart): cancel them now.
+            for task in started.pending():
+                if task is not asyncio.current_task():
+                    task.cancel()
         raise LoopBlocked(f"stopped after {seconds:g} s: the event loop was blocked")
 
+    started = StartedTasks().__enter__()
     if use_signals:
         previous = signal.signal(signal.SIGALRM, on_alarm)
         signal.setitimer(signal.ITIMER_REAL, seconds + hard_grace_s, REFIRE_S)
@@ -148,25 +179,26 @@ async def time_limit(seconds: float, hard_grace_s: float | None = None):
         except TimeoutError as exc:
             if not soft.expired():
                 raise  # a TimeoutError of the code under test, not our deadline
-            raise CheckTimeout(seconds, blocked=state.fired) from exc
+            raise CheckTimeout(seconds, state.fired, state.where) from exc
         except LoopBlocked as exc:
-            raise CheckTimeout(seconds, blocked=True) from exc
+            raise CheckTimeout(seconds, True, state.where) from exc
         except BaseExceptionGroup as group:
             if state.fired or group.subgroup(LoopBlocked) is not None:
-                raise CheckTimeout(seconds, blocked=True) from group
+                raise CheckTimeout(seconds, True, state.where) from group
             raise
         except BaseException:
             if state.fired or soft.expired():
                 # Code under test turned our cancellation into an error of its own.
-                raise CheckTimeout(seconds, blocked=state.fired) from None
+                raise CheckTimeout(seconds, state.fired, state.where) from None
             raise
         if state.fired:
             # The blocked code ran in another task that died; ours finished anyway.
-            raise CheckTimeout(seconds, blocked=True)
+            raise CheckTimeout(seconds, True, state.where)
     except CheckTimeout:
         stopped = True
         raise
     finally:
+        started.__exit__(None, None, None)
         _limited.reset(token)
         if use_signals:
             signal.setitimer(signal.ITIMER_REAL, 0)

@@ -117,3 +117,29 @@ def test_frozen_modules_are_not_learner_files():
     assert not is_learner_file("<frozen runpy>")
     assert not is_learner_file(asyncio.__file__)
     assert is_learner_file(__file__)
+
+
+async def test_a_blocked_loop_is_reported_at_the_learners_line():
+    async def spin():
+        while True:  # the line the report names
+            pass
+
+    _, error = await elapsed_until_timeout(spin)
+    line = spin.__code__.co_firstlineno + 1
+    assert error.where in (f"in spin(), line {line}", f"in spin(), line {line + 1}"), error.where
+    assert error.what.startswith("the event loop was blocked in spin(), line ")
+
+
+async def test_tasks_queued_behind_a_busy_one_are_cancelled_not_each_interrupted():
+    """Lesson 07's cache: 40 requests waiting to resume into one busy loop were stopped one alarm
+    (REFIRE_S) apart, 10 s after the limit; the first interruption now cancels the rest."""
+    async def spin_later():
+        await asyncio.sleep(0)
+        while True:
+            pass
+
+    async def many():
+        await asyncio.gather(*(spin_later() for _ in range(40)), return_exceptions=True)
+
+    elapsed, error = await elapsed_until_timeout(many)
+    assert error.blocked and elapsed < 0.3 + GRACE + 2.0, elapsed  # 40 refires would take 10 s
