@@ -8,7 +8,7 @@ of a cell, deleted and edited check cells, checks rebound by the learner, a fake
 output), grades them three ways one after the other in this one run, checks
 that `course grade`'s gradebook is right for every submission, and prints each grader's wall time
 and the ratios. nbgrader comes from `pip install '.[bench]'`; without it that column says why.
-A benchmark, not a test (it takes minutes); tests/test_grade.py holds the quick version.
+A benchmark, not a test (it takes minutes); tests/test_grade_run.py holds the quick version.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ REPORT = {
     "async_blocking": 'report_app = FastAPI()\n\n@report_app.get("/report/{month}")\nasync def report(month: str) -> MonthlyReport:\n'
                       '    return MonthlyReport.model_validate(legacy_reports.render(month))\n',
     "top_busy": 'report_app = FastAPI()\nwhile True:\n    pass\n',
-    # nbclient (so nbgrader too) waits forever on this one: not in the comparison, see tests/test_grade.py
+    # nbclient (so nbgrader too) waits forever on this one: not in the comparison, see tests/test_grade_run.py
     "sigint_proof": 'import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nreport_app = FastAPI()\nwhile True:\n    pass\n',
 }
 SIGNUP = {

@@ -20,19 +20,16 @@ is copied to `.backups/` before anything replaces it.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
+from .paths import BACKUPS, NOTEBOOKS, ROOT, SOLUTIONS  # noqa: F401  (ROOT: imported from here by tests)
+
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
-# The course folder: this package's parent, or $COURSE_ROOT (tests work on a copy of the course).
-ROOT = Path(os.environ.get("COURSE_ROOT") or Path(__file__).resolve().parent.parent).resolve()
-SOLUTIONS, NOTEBOOKS, BACKUPS = ROOT / "solutions", ROOT / "notebooks", ROOT / ".backups"
 
 
 class BuildError(ValueError):
@@ -301,12 +298,7 @@ def reset_messages(lesson: str, exercise: int | None = None, **paths) -> list[st
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m course.build`: the same as `course build`."""
-    from .cli import main as cli_main
+if __name__ == "__main__":  # `python -m course.build`: the same as `course build` (run as __main__, no cycle)
+    from course.cli import main
 
-    return cli_main(["build", *(argv if argv is not None else sys.argv[1:])])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["build", *sys.argv[1:]]))

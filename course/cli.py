@@ -36,9 +36,9 @@ def _progress(args) -> int:
 
 
 def _grade(args) -> int:
-    from . import grade
+    from .grade.command import main  # on demand: the other commands start without it
 
-    return grade.main(args)
+    return main(args)
 
 
 def parser() -> argparse.ArgumentParser:

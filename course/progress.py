@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .build import NOTEBOOKS, ROOT, SOLUTIONS
+from .paths import NOTEBOOKS, ROOT, SOLUTIONS
 
 CHECK_CALL = re.compile(r"await\s+(check_\w+)\s*\(")
 CHECK_IMPORT = re.compile(r"from\s+checks\.(lesson\d+)\s+import")

@@ -1,0 +1,187 @@
+"""One kernel, seen from the grader: start it (warm with the lesson's modules), run a cell under a
+deadline that the running check may extend, interrupt it, kill it, clean up after it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .in_kernel import MIME
+from .launcher import START_TIMEOUT_S, Launcher
+
+DEMO_LIMIT_S = 5.0  # while grading, a demo cell that runs learner code under serve() stops sooner (not graded)
+CHECK_GRACE_S = 15.0  # beyond a check's own limit_s before its cell is interrupted
+INTERRUPT_GRACE_S = 5.0  # after an interrupt, before the kernel is killed and replaced
+
+
+@dataclass
+class CellRun:
+    status: str  # "ok", "error", "timeout", "died"
+    outputs: list = field(default_factory=list)  # display outputs kept (course-check data)
+    error: str = ""  # "Ename: evalue" of an error in the cell
+    seconds: float = 0.0
+    kernel_lost: bool = False  # the kernel must be replaced
+
+
+class Kernel:
+    _count = 0
+
+    def __init__(self, launcher: Launcher, runtime: Path):
+        self.launcher, self.runtime = launcher, runtime
+        Kernel._count += 1
+        self.name = f"k{os.getpid() % 10000}-{Kernel._count}"
+        self.cwd = runtime / f"{self.name}-cwd"
+        self.pid = None
+        self.client = None
+
+    async def start(self, imports: list[str]) -> "Kernel":
+        import asyncio
+        import secrets
+        from queue import Empty
+
+        from jupyter_client.asynchronous import AsyncKernelClient
+        from jupyter_client.connect import write_connection_file
+
+        self.cwd.mkdir(parents=True, exist_ok=True)
+        ipc = os.name == "posix"  # unix sockets: no ports to collide, no "running over TCP" warning
+        conn, info = write_connection_file(str(self.runtime / f"{self.name}.json"), transport="ipc" if ipc else "tcp",
+                                           ip=str(self.runtime / self.name) if ipc else "127.0.0.1",
+                                           key=secrets.token_hex(16).encode())
+        self.pid = await self.launcher.launch(conn, str(self.cwd), str(self.runtime / f"{self.name}.log"))
+        self.client = AsyncKernelClient()
+        self.client.load_connection_info(info)
+        self.client.start_channels()
+        deadline = asyncio.get_running_loop().time() + START_TIMEOUT_S
+        replied = False
+        while True:  # ready: a kernel_info reply on shell, and iopub connected (it shows the status)
+            if not self.launcher.alive(self.pid):
+                raise RuntimeError("the kernel died while starting")
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError("the kernel did not answer within %d s" % START_TIMEOUT_S)
+            self.client.kernel_info()  # replies to earlier probes count too: a slow kernel answers late
+            if not replied:
+                try:
+                    while (await self.client.get_shell_msg(timeout=1))["msg_type"] != "kernel_info_reply":
+                        pass
+                    replied = True
+                except Empty:
+                    continue
+            try:
+                await self.client.get_iopub_msg(timeout=0.5)
+                break
+            except Empty:
+                continue
+        while True:  # drain what the readiness probe left on iopub
+            try:
+                await self.client.get_iopub_msg(timeout=0.05)
+            except Exception:
+                break
+        if imports:  # warm: the lesson's modules are imported before any learner code runs
+            code = ("import importlib as __i\nfor __m in %r:\n    try:\n        __i.import_module(__m)\n"
+                    "    except BaseException:\n        pass\n" % (imports,))
+            # Demos (cells that are not checks) get a shorter limit: their output is not graded.
+            # (serve(), record() and the ASGI demos all read checks.harness.DEMO_LIMIT_S.)
+            code += ("import sys as __s\nfor __m in ('checks.harness',):\n"
+                     "    __h = __s.modules.get(__m)\n    if hasattr(__h, 'DEMO_LIMIT_S'):\n"
+                     "        __h.DEMO_LIMIT_S = min(__h.DEMO_LIMIT_S, %r)\n" % DEMO_LIMIT_S)
+            code += "for __n in ('__i', '__m', '__h', '__s'):\n    globals().pop(__n, None)\ndel __n"
+            run = await self.run(code, START_TIMEOUT_S, silent=True)
+            if run.status == "died":
+                raise RuntimeError("the kernel died while importing the course's modules")
+        return self
+
+    async def run(self, code: str, timeout: float, silent: bool = False) -> CellRun:
+        import asyncio
+        from queue import Empty
+
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + timeout
+        msg_id = self.client.execute(code, silent=silent, store_history=not silent, allow_stdin=False,
+                                     stop_on_error=False)
+        run = CellRun("ok")
+        interrupted = False
+        while True:
+            now = loop.time()
+            if now >= deadline:
+                if interrupted:
+                    self.kill()
+                    run.status, run.kernel_lost = "timeout", True
+                    break
+                self.interrupt()
+                interrupted, run.status = True, "timeout"
+                deadline = now + INTERRUPT_GRACE_S
+                continue
+            try:
+                msg = await self.client.get_iopub_msg(timeout=min(0.2, deadline - now))
+            except Empty:
+                if not self.launcher.alive(self.pid):
+                    run.status, run.kernel_lost = "died", True
+                    break
+                continue
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "status" and content.get("execution_state") == "idle":
+                break
+            if kind == "error":
+                if run.status == "ok":
+                    run.status = "error"
+                run.error = f"{content.get('ename', '')}: {content.get('evalue', '')}".strip()
+            elif kind in ("display_data", "execute_result"):
+                data = content.get("data", {})
+                if MIME in data:
+                    event = data[MIME]
+                    if not interrupted:
+                        deadline = max(deadline, loop.time() + float(event.get("limit_s", 0)) + CHECK_GRACE_S)
+                elif "course-check" in (content.get("metadata") or {}):
+                    run.outputs.append({"metadata": content["metadata"], "html": data.get("text/html", ""),
+                                        "text": data.get("text/plain", "")})
+        if not run.kernel_lost:
+            try:  # the shell reply, so it does not pile up
+                while True:
+                    reply = await self.client.get_shell_msg(timeout=0.5 if not interrupted else 0.1)
+                    if reply["parent_header"].get("msg_id") == msg_id:
+                        break
+            except Empty:
+                pass
+        run.seconds = loop.time() - started
+        return run
+
+    def interrupt(self) -> None:
+        import signal
+
+        try:
+            os.kill(self.pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+
+    def kill(self) -> None:
+        if self.pid is not None:
+            self.launcher.kill(self.pid)
+
+    def close(self) -> None:
+        import shutil
+
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
+        self.kill()
+        if self.client is not None:
+            try:
+                self.client.stop_channels()
+            except Exception:
+                pass
+        shutil.rmtree(self.cwd, ignore_errors=True)
+        for suffix in (".json", ".log"):
+            try:
+                (self.runtime / f"{self.name}{suffix}").unlink()
+            except OSError:
+                pass
+        for sock in self.runtime.glob(f"{self.name}-*"):
+            if sock.is_socket():
+                try:
+                    sock.unlink()
+                except OSError:
+                    pass

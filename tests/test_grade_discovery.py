@@ -1,0 +1,42 @@
+"""`course grade` finds submissions: which lesson and which learner a file is, and shards."""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from course.grade.command import _parse_shard
+from course.grade.discovery import Job, learner_of, lesson_of, shard
+from grading import LESSONS, learner_copy
+
+
+def test_lessons_and_learners_are_found_by_the_documented_rules():
+    lessons = LESSONS
+    stamped = learner_copy()
+    assert lesson_of(stamped, PurePosixPath("x.ipynb"), lessons) == "00"  # the build's stamp
+    bare = {"cells": [], "metadata": {}}
+    assert lesson_of(bare, PurePosixPath("ana/01_event_loop.ipynb"), lessons) == "01"
+    assert lesson_of(bare, PurePosixPath("ana_lesson01.ipynb"), lessons) == "01"
+    imports = {"cells": [{"cell_type": "code", "source": "from checks.lesson01 import check_report"}]}
+    assert lesson_of(imports, PurePosixPath("untitled.ipynb"), lessons) == "01"
+    assert lesson_of(bare, PurePosixPath("untitled.ipynb"), lessons) is None
+    assert lesson_of(bare, PurePosixPath("smith_12345_678_hw.ipynb"), lessons) is None  # no 2-digit token
+
+    l01 = lessons["01"]
+    assert learner_of(PurePosixPath("ana/ps1/01_event_loop.ipynb"), l01) == ("ana", "")
+    assert learner_of(PurePosixPath("ana_01_event_loop.ipynb"), l01) == ("ana", "")
+    assert learner_of(PurePosixPath("lesson01-ben.ipynb"), l01) == ("ben", "")
+    assert learner_of(PurePosixPath("smithjane_LATE_48213_990123_01_event_loop.ipynb"), l01) == ("smithjane", "48213")
+    assert learner_of(PurePosixPath("Jane Smith_5511_assignsubmission_file_/01_event_loop.ipynb"), l01) == \
+        ("Jane Smith", "5511")
+
+
+def test_shards_split_the_folder_deterministically_and_completely():
+    jobs = [Job(Path(f"{n}.ipynb"), f"{n}.ipynb", "", "00", n, "", {}) for n in "qwertyuiopasdfg"]
+    parts = [shard(jobs, k, 4) for k in range(1, 5)]
+    assert sorted(j.rel for p in parts for j in p) == sorted(j.rel for j in jobs)
+    assert [len(p) for p in parts] == [4, 4, 4, 3]
+    assert [j.rel for j in shard(list(reversed(jobs)), 2, 4)] == [j.rel for j in parts[1]]
+    with pytest.raises(SystemExit):
+        _parse_shard("5/4")

@@ -1,0 +1,142 @@
+"""`course grade` end to end: a small class graded in real kernels, resumed, with feedback pages, and a run
+stopped by SIGTERM.
+
+The big run (20 submissions, against nbgrader and nbclient) is bench/grade.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from course.cli import main as cli
+from grading import EXTRA_CHECKS, FIRST_WORD, RIGHT, WRONG, learner_copy, rows, with_cells, write
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    """One grading run of lesson 00 submissions (and one of lesson 01), then a second run to resume."""
+    base = tmp_path_factory.mktemp("grade")
+    folder = base / "class"
+    copy = learner_copy()
+    right = with_cells(copy, {"c15": RIGHT})
+    write(folder / "ana" / "00_welcome.ipynb", right)
+    write(folder / "bo" / "00_welcome.ipynb", copy)  # handed in untouched
+    write(folder / "cy_00.ipynb", with_cells(copy, {"c15": WRONG, "c19": "assert True"}))  # edited check
+    write(folder / "dee" / "00_welcome.ipynb", with_cells(copy, {"c15": RIGHT, "c19": None}))  # deleted check
+    faked = WRONG + ("\nfrom IPython.display import display\ndisplay({'text/plain': 'ok'}, raw=True, metadata="
+                     "{'course-check': {'id': 'lesson00.check_hello', 'passed': True}})\n"
+                     "async def check_hello(app):\n    pass\n")
+    write(folder / "eli" / "00_welcome.ipynb", with_cells(copy, {"c15": faked}))  # fakes its result, rebinds
+    proof = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\napp = FastAPI()\nwhile True:\n    pass\n"
+    write(folder / "fay" / "00_welcome.ipynb", with_cells(copy, {"c15": proof}))  # an interrupt cannot stop it
+    write(folder / "gil" / "00_welcome.ipynb", with_cells(copy, {"c15": "import os\nos._exit(1)\n"}))
+    write(folder / "hal" / "00_welcome.ipynb", with_cells(copy, {"c15": FIRST_WORD}))
+    write(folder / "ivy" / "notes.ipynb", "{ this is not json")
+    write(folder / "jan" / "scratch.ipynb", {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+    extra = base / "instructor"
+    write(extra / "lesson00.py", EXTRA_CHECKS)
+    progress = base / "progress.json"
+    out, feedback = base / "gradebook.csv", base / "feedback"
+    argv = ["grade", str(folder), "--out", str(out), "--feedback", str(feedback), "--extra-checks", str(extra),
+            "--timeout", "8", "--jobs", "2"]
+    import os
+
+    old = os.environ.get("COURSE_PROGRESS_FILE")
+    os.environ["COURSE_PROGRESS_FILE"] = str(progress)  # the grader must not pass it to kernels
+    try:
+        assert cli(argv) == 0
+        first = rows(out)
+        write(folder / "bo" / "00_welcome.ipynb", right)  # bo hands in again: only bo is graded again
+        assert cli(argv) == 0
+        second = rows(out)
+    finally:
+        if old is None:
+            os.environ.pop("COURSE_PROGRESS_FILE", None)
+        else:
+            os.environ["COURSE_PROGRESS_FILE"] = old
+    return {"first": first, "second": second, "feedback": feedback, "progress": progress, "out": out}
+
+
+EXPECTED = {  # file → (check_hello, status)
+    "ana/00_welcome.ipynb": ("passed", "graded"),
+    "bo/00_welcome.ipynb": ("failed", "graded"),
+    "cy_00.ipynb": ("failed", "graded"),
+    "dee/00_welcome.ipynb": ("passed", "graded"),
+    "eli/00_welcome.ipynb": ("failed", "graded"),
+    "fay/00_welcome.ipynb": ("failed", "timed out"),
+    "gil/00_welcome.ipynb": ("failed", "kernel died"),
+    "hal/00_welcome.ipynb": ("failed", "graded"),
+}
+
+
+def test_every_submission_gets_its_result_and_status(graded):
+    got = graded["first"]
+    for file, (result, status) in EXPECTED.items():
+        assert (got[file]["lesson00.check_hello"], got[file]["status"]) == (result, status), file
+        assert got[file]["score"] == str(int(result == "passed")) and got[file]["out_of"] == "1"
+    assert got["cy_00.ipynb"]["learner"] == "cy" and got["ana/00_welcome.ipynb"]["learner"] == "ana"
+    for file in ("ivy/notes.ipynb", "jan/scratch.ipynb"):
+        assert got[file]["status"] == "not a course notebook" and got[file]["score"] == "0"
+    assert not graded["progress"].exists(), "grading recorded into a learner's progress"
+
+
+def test_an_interrupted_or_repeated_run_grades_only_what_is_new(graded):
+    first, second = graded["first"], graded["second"]
+    assert set(first) == set(second)
+    assert second["bo/00_welcome.ipynb"]["lesson00.check_hello"] == "passed"
+    assert second["bo/00_welcome.ipynb"]["digest"] != first["bo/00_welcome.ipynb"]["digest"]
+    for file in set(first) - {"bo/00_welcome.ipynb"}:
+        assert second[file] == first[file], file
+    lines = graded["out"].read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 1 + len(first)  # one header, one row per notebook
+
+
+def test_feedback_pages_hold_the_reports_but_no_check_source(graded):
+    pages = graded["feedback"]
+    right = (pages / "ana" / "00_welcome.html").read_text(encoding="utf-8")
+    assert "GET /hello greets by name" in right and "passed" in right
+    assert "extra grading check" in right  # the instructor's check: its verdict only
+    assert "Zoë" not in right and "check_hello(report" not in right and "await " not in right
+    wrong = (pages / "cy" / "00_welcome.html").read_text(encoding="utf-8")
+    assert "Use the `name` parameter" in wrong or "<code>name</code> parameter" in wrong
+    stuck = (pages / "fay" / "00_welcome.html").read_text(encoding="utf-8")
+    assert "ran past its time limit" in stuck
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="reads /proc to see that the kernel is gone")
+def test_a_stopped_run_keeps_its_rows_and_leaves_no_kernel_behind(tmp_path):
+    """SIGTERM (a pod stopped, `kill`) mid-run: finished rows stay, running kernels are ended."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder, pidfile = tmp_path / "class", tmp_path / "kernel.pid"
+    copy = learner_copy()
+    write(folder / "ana" / "00_welcome.ipynb", with_cells(copy, {"c15": RIGHT}))
+    stuck = f"import os, time\nopen({str(pidfile)!r}, 'w').write(str(os.getpid()))\ntime.sleep(600)\n"
+    write(folder / "bo" / "00_welcome.ipynb", with_cells(copy, {"c15": stuck}))
+    out = tmp_path / "gradebook.csv"
+    course = Path(sys.executable).parent / "course"
+    proc = subprocess.Popen([str(course), "grade", str(folder), "--out", str(out), "--jobs", "1", "--max-jobs", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (pidfile.exists() and pidfile.read_text() and out.exists() and len(rows(out)) == 1):
+            assert time.monotonic() < deadline and proc.poll() is None, "the run did not get going"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "interrupted: 1 row(s) kept" in proc.stderr.read()
+    assert list(rows(out)) == ["ana/00_welcome.ipynb"]
+    kernel = int(pidfile.read_text())
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{kernel}") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not os.path.exists(f"/proc/{kernel}"), "the stuck kernel outlived the run"
