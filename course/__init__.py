@@ -5,7 +5,7 @@ In a notebook:
     from course import guidance, reset, show_progress
     show_progress()         # every lesson with its ticks
     guidance("streaming")   # FastAPI's own guidance, shipped in the package (a hidden folder Lab cannot open)
-    reset("01", exercise=2) # a fresh exercise 2 of lesson 01 (your saved copy is kept in .backups/)
+    reset("01", exercise=2) # a fresh exercise 2 of lesson 01 (your saved copy is kept in backups/)
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def show_progress(lesson: str | int | None = None):
 
 
 def reset(lesson: str | int, exercise: int | None = None) -> None:
-    """A fresh copy of a lesson (or one exercise of it) on disk; your saved copy is kept in .backups/.
+    """A fresh copy of a lesson (or one exercise of it) on disk; your saved copy is kept in backups/.
 
     Save first (Ctrl+S): the copy kept is what is on disk, not what the browser holds.
     """

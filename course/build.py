@@ -2,7 +2,7 @@
 
     course build            # rewrite notebooks/ from solutions/ (a learner's changed copy is kept)
     course build --check    # exit 1 if notebooks/ is not what the build makes
-    course reset 01         # a fresh copy of lesson 01 (the old one is kept in .backups/)
+    course reset 01         # a fresh copy of lesson 01 (the old one is kept in backups/)
 
 In a code cell, the lines between `### BEGIN SOLUTION` and `### END SOLUTION` (nbgrader's
 markers) become a stub: the region's leading comment lines (the task, in words) are kept,
@@ -15,7 +15,7 @@ Notebooks are read and written as JSON in nbformat's own layout, so the build is
 Nothing a learner wrote is lost: each generated notebook carries a stamp (metadata
 `course.build`, a hash of the notebook itself), so a notebook whose content no longer
 matches its stamp was changed after the build — run, edited or saved by a learner — and
-is copied to `.backups/` before anything replaces it.
+is copied to `backups/` before anything replaces it.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def drift(solutions: Path = SOLUTIONS, notebooks: Path = NOTEBOOKS) -> list[str]
                             f"{notebooks.name}/{name}")
         else:
             problems.append(f"{name}: edited after the build (a learner's work, or a hand edit): `course build` keeps "
-                            f"a copy in .backups/ and regenerates it; authors edit {solutions.name}/ instead")
+                            f"a copy in backups/ and regenerates it; authors edit {solutions.name}/ instead")
     return problems
 
 

@@ -3,6 +3,7 @@
     course build [--check]          regenerate notebooks/ from solutions/ (changed copies are kept)
     course reset NN [--exercise N]  a fresh copy of lesson NN, or of one exercise in it
     course progress [NN]            which exercises pass
+    course guidance [TOPIC]         FastAPI's own guidance (in the package, a folder Lab cannot open)
     course grade FOLDER --out gradebook.csv [--feedback DIR] [--shard K/N | --merge PART...]
                                     run every notebook in FOLDER, one gradebook row per learner and lesson
 """
@@ -35,6 +36,17 @@ def _progress(args) -> int:
     return 0
 
 
+def _guidance(args) -> int:
+    from . import fastapi_guidance
+
+    try:
+        print(fastapi_guidance.text(args.topic, args.section), end="")
+    except fastapi_guidance.GuidanceNotFound as exc:
+        print(f"course guidance: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _grade(args) -> int:
     from .grade.command import main  # on demand: the other commands start without it
 
@@ -47,13 +59,17 @@ def parser() -> argparse.ArgumentParser:
     p = commands.add_parser("build", help="regenerate notebooks/ from solutions/")
     p.add_argument("--check", action="store_true", help="only report drift (exit 1), write nothing")
     p.set_defaults(run=_build)
-    p = commands.add_parser("reset", help="a fresh copy of a lesson (yours is kept in .backups/)")
+    p = commands.add_parser("reset", help="a fresh copy of a lesson (yours is kept in backups/)")
     p.add_argument("lesson", help="the lesson's number, e.g. 01")
     p.add_argument("--exercise", type=int, metavar="N", help="reset only exercise N (counting from 1)")
     p.set_defaults(run=_reset)
     p = commands.add_parser("progress", help="which exercises pass")
     p.add_argument("lesson", nargs="?", help="one lesson's exercises, e.g. 01")
     p.set_defaults(run=_progress)
+    p = commands.add_parser("guidance", help="FastAPI's own guidance, shipped in the installed package")
+    p.add_argument("topic", nargs="?", default="SKILL", help="SKILL (default), dependencies, streaming, ...")
+    p.add_argument("--section", help="only the section whose heading contains this text")
+    p.set_defaults(run=_guidance)
     p = commands.add_parser("grade", help="grade a folder of learners' notebooks")
     p.add_argument("folder", nargs="?", help="the notebooks to grade (any names, nested folders allowed)")
     p.add_argument("--out", default="gradebook.csv", help="the gradebook CSV (rows are added as they come; "

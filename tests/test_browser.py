@@ -383,7 +383,7 @@ def test_learner_journey_through_lesson_00(lab):
     said.wait_for(timeout=WAIT_MS)
     message = said.inner_text()
     assert "Fresh copy of exercise 1 of 00_welcome.ipynb written to notebooks/00_welcome.ipynb." in message, message
-    assert ".backups/" in message and "Revert" in message and "Reload Notebook from Disk" in message, message
+    assert "backups/" in message and "Revert" in message and "Reload Notebook from Disk" in message, message
     shoot(page, said, "00-6-reset-from-a-cell.png")
 
     # 7. JupyterLab has not noticed yet. Saving now (as autosave would) asks "File Changed": Revert.
@@ -407,10 +407,10 @@ def test_learner_journey_through_lesson_00(lab):
     shoot(page, notebook.cells.nth(at["exercise"]), "00-8-reloaded-stub.png")
     timed("lesson 00: save, reset, Revert, reload", start)
 
-    # On disk: the fresh stub in the notebook, and the learner's whole notebook in .backups/.
+    # On disk: the fresh stub in the notebook, and the learner's whole notebook in backups/.
     now = json.loads(on_disk.read_text(encoding="utf-8"))["cells"]
     assert STUB in "".join(now[at["exercise"]]["source"])
-    backups = sorted((lab.course / ".backups").glob("00_welcome.*.ipynb"))
+    backups = sorted((lab.course / "backups").glob("00_welcome.*.ipynb"))
     assert len(backups) == 1, backups
     assert backups[0].read_text(encoding="utf-8") == saved, "the backup is not the notebook the learner saved"
     kept = json.loads(saved)["cells"]

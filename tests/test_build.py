@@ -78,7 +78,7 @@ def test_learner_notebook_clears_outputs_and_keeps_everything_else():
 
 
 def _course(tmp_path, *cells):
-    solutions, notebooks, backups = tmp_path / "solutions", tmp_path / "notebooks", tmp_path / ".backups"
+    solutions, notebooks, backups = tmp_path / "solutions", tmp_path / "notebooks", tmp_path / "backups"
     solutions.mkdir()
     (solutions / "07_demo.ipynb").write_text(json.dumps(notebook(*cells)))
     return solutions, notebooks, backups
@@ -248,3 +248,11 @@ def test_fastapis_shipped_guidance_is_shown_where_the_learner_is(capsys):
     assert "Depends" in fastapi_guidance.text("dependencies")
     guidance("no-such-topic")
     assert "no guidance named 'no-such-topic'" in capsys.readouterr().out
+
+
+def test_course_guidance_prints_a_section_in_the_terminal(capsys):
+    from course.cli import main
+
+    assert main(["guidance", "SKILL", "--section", "Async vs Sync"]) == 0
+    assert capsys.readouterr().out.startswith("## Async vs Sync")
+    assert main(["guidance", "nope"]) == 2
