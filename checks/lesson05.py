@@ -234,6 +234,9 @@ def _cause_hint(exc) -> str:
     if name == "KeyError":
         return ("A header that is not there raises KeyError with `headers[...]`: use `headers.get(...)` and "
                 "fall back to a new id.")
+    if isinstance(exc, TypeError) and "'NoneType' object is not callable" in str(exc):
+        return ("Something returned None where a response was due: a middleware (or a handler) must end with "
+                "`return` the response — `call_next`'s or one you built.")
     if isinstance(exc, (AttributeError, TypeError)) and "encode" in str(exc):
         return "Header values are strings (or bytes in ASGI): convert the id and the time before setting them."
     return f"Your middleware raised {name}: it runs on every request, so it breaks every request. Fix it first."
@@ -317,7 +320,7 @@ def _build(lesson_app, middleware):
     return lesson_app(http_middleware=middleware)
 
 
-async def _judge_request_context(report, app) -> bool:
+async def _judge_request_context(report, app, pure_asgi: bool = False) -> bool:
     backend.reset()
     async with serve(app, raise_app_exceptions=False) as client:
         # 1. Each kind of response, with a client id: it answers as the route does, tagged.
@@ -356,6 +359,9 @@ async def _judge_request_context(report, app) -> bool:
         if any("not the client's" in item for item in untagged):
             hint = ("Use the client's id when it sent one (`request.headers.get(\"x-request-id\")`), and make a "
                     "new one only when it did not.")
+        elif untagged and all(item.startswith("a 500") for item in untagged) and pure_asgi:
+            hint = ("When the app raises before its start message, nothing passed your tagging `send`: catch the "
+                    "error, log it, and send the 500 yourself — through that same `send`, so it is tagged too.")
         elif untagged and all(item.startswith("a 500") for item in untagged):
             hint = ("When the route raises, `call_next` raises too: nothing reaches your header code. Catch the "
                     "error, log it, and build the 500 yourself — then tag it like any other response.")
@@ -468,7 +474,8 @@ SPEC_HINTS = [
                       "headers up by lowercase name."),
     ("not bytes", "In ASGI, header names and values are bytes: `request_id.encode()`."),
     ("a second http.response.start", "Once `http.response.start` went out it cannot be taken back: when the app "
-                                     "fails after that, re-raise instead of sending a 500."),
+                                     "fails after that, re-raise instead of sending a 500. (Is your flag really "
+                                     "set? Assigning it inside your `send` needs `nonlocal`.)"),
     ("as if complete", "Do not end the body for a failed app: re-raise, so the server drops the connection and the "
                        "client knows the body was cut."),
     ("without ending the body", "Every response needs a last `http.response.body` with `more_body` False; when the "
@@ -524,7 +531,7 @@ async def check_asgi_middleware(report, lesson_app, middleware):
         report.fail("the app builds with your middleware", observed=short_error(exc), expected="no error",
                     hint="`app.add_middleware(RequestContextMiddleware)` calls your `__init__(app)` with the app only.")
         return
-    if not await _judge_request_context(report, app):
+    if not await _judge_request_context(report, app, pure_asgi=True):
         return
 
     # 2. Straight from ASGI: a streamed response, a request body, the lifespan's state.
@@ -648,7 +655,7 @@ def _guard_500_hint(exc) -> str:
     if isinstance(exc, TypeError) and "non-ASCII" in str(exc):
         return ("`secrets.compare_digest` refuses str with non-ASCII characters, and a client chooses what it "
                 "sends: compare bytes (`.encode()` both sides).")
-    if isinstance(exc, TypeError) and "NoneType" in str(exc):
+    if isinstance(exc, TypeError) and "NoneType" in str(exc) and "not callable" not in str(exc):
         return "With no header, `.get()` gives None: compare a default (`\"\"`) instead, so a missing key is a 401."
     return _cause_hint(exc)
 
@@ -725,16 +732,20 @@ async def check_guard(report, admin_api):
         right = {"X-API-Key": API_KEY}
         checks = [("/admin/stats", right, 200), ("/admin", right, 200), (unknown, right, 404),
                   ("/items/7", {}, 200), ("/admin-guide", {}, 200), ("/items/7", {"X-API-Key": "nope"}, 200)]
-        wrong = []
+        wrong, crashed = [], None
         for path, headers, status in checks:
-            response = await client.get(path, headers=headers)
+            with _Records() as records:
+                response = await client.get(path, headers=headers)
             if response.status_code != status:
                 wrong.append(f"{path} {'with the key' if headers == right else 'with a wrong key' if headers else 'without a key'} "
                              f"→ {response.status_code}")
+                if response.status_code >= 500 and crashed is None:
+                    crashed = _app_error(client, path, records)
         report.add(
             "the right key opens the section; other paths pass untouched", not wrong, observed="; ".join(wrong[:3]),
             expected="the key: /admin/stats 200, /admin 200, unknown 404; no key: /items/7 and /admin-guide 200",
-            hint=("`startswith(\"/admin\")` also matches /admin-guide: compare whole path segments."
+            hint=(_guard_500_hint(crashed) if crashed is not None else
+                  "`startswith(\"/admin\")` also matches /admin-guide: compare whole path segments."
                   if any(w.startswith("/admin-guide") for w in wrong) else
                   "Only the /admin section needs the key; everywhere else, call the app as it is."
                   if any(w.startswith("/items") for w in wrong) else "With the right key, call the app unchanged."),
@@ -762,6 +773,7 @@ def lookalike_origins() -> list[tuple[str, str]]:
     """(origin, why it is another site) — each differs from ALLOWED_ORIGIN in one way."""
     return [
         ("https://app.example.com.evil.io", "the allowed origin is only its prefix"),
+        ("https://app.example.co", "it is only the start of the allowed origin"),
         ("https://evilapp.example.com", "it only ends like the allowed host"),
         ("http://app.example.com", "another scheme is another origin"),
         ("https://app.example.com:8443", "another port is another origin"),
@@ -817,6 +829,8 @@ async def check_cors(report, lesson_app, add_cors):
                                 f"{r.headers.get('access-control-allow-origin')!r}, credentials "
                                 f"{r.headers.get('access-control-allow-credentials')!r}")
         origins = config.get("allow_origins", ())
+        one_string = isinstance(origins, str)  # `origin in "https://..."` is a substring test
+        origins = [origins] if one_string else list(origins)
         if any(isinstance(o, str) and o.rstrip("/") != o for o in origins):
             hint = "An origin has no path: 'https://app.example.com', without the trailing slash."
         elif config and not config.get("allow_credentials"):
@@ -857,7 +871,11 @@ async def check_cors(report, lesson_app, add_cors):
                     break
         if leaks:
             origin, why, kind, allowed = leaks[0]
-            if "*" in origins and config.get("allow_credentials"):
+            if one_string:
+                hint = (f"`allow_origins` takes a list of origins. Given one string, CORSMiddleware tests "
+                        f"`origin in \"{ALLOWED_ORIGIN}\"`, a search in the text: any piece of it passes, "
+                        f"{origin} too.")
+            elif "*" in origins and config.get("allow_credentials"):
                 hint = ("With `allow_credentials=True`, `allow_origins=[\"*\"]` makes Starlette echo ANY origin back, "
                         "so any site can read your users' data with their cookies. List the one origin.")
             elif config.get("allow_origin_regex"):

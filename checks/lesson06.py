@@ -1,5 +1,6 @@
-"""Lesson 06, exception handlers: one JSON error envelope for the whole API, a 409 from the
-database, and a catch-all 500 that logs everything, tells the client nothing it should not, and
+"""Lesson 06, exception handlers: the errors a client can fix (a 404 from the domain, a 409 from
+the database, each handler registered for the narrowest class), one JSON error envelope for the
+whole API, and a catch-all 500 that logs everything, tells the client nothing it should not, and
 still carries the request id.
 
 Every check builds the lesson's app INSIDE the check from the learner's installer(s), with the
@@ -17,6 +18,7 @@ import random
 import tempfile
 
 import fastapi.exception_handlers
+import httpx
 from fastapi import HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -97,12 +99,30 @@ def course_conflict(app) -> None:
 
 # ---- judging an envelope ------------------------------------------------------------------------
 
+NO_RESPONSE = "course.no_response"
+
+
+async def _request(client, method: str, path: str, **kwargs) -> httpx.Response:
+    """`client.request`; an app that returned without sending any response (a handler that returned
+    None) comes back as an empty 500, marked, instead of httpx's AssertionError."""
+    try:
+        return await client.request(method, path, **kwargs)
+    except AssertionError:
+        return httpx.Response(500, request=client.build_request(method, path), extensions={NO_RESPONSE: True})
+
+
+def _sent_nothing(response) -> bool:
+    return bool(response.extensions.get(NO_RESPONSE))
+
+
 def _is_json(response) -> bool:
     return response.headers.get("content-type", "").startswith("application/json")
 
 
 def envelope_problem(response, status: int, code: str) -> str | None:
     """What is wrong with `response` as `{"error": {"code": code, "message": "..."}}` at `status`; None if right."""
+    if _sent_nothing(response):
+        return "the app sent no response at all"
     if response.status_code != status:
         return f"status {response.status_code}"
     if not _is_json(response):
@@ -140,7 +160,7 @@ async def _neighbours(report, client, expected, hint) -> None:
     """Requests whose errors belong to other handlers (or none): each must keep its own answer."""
     wrong = []
     for method, path, kwargs, status, code in expected:
-        response = await client.request(method, path, **kwargs)
+        response = await _request(client, method, path, **kwargs)
         problem = envelope_problem(response, status, code) if code else (
             None if response.status_code == status and not _leaks(response) else f"status {response.status_code}")
         if problem:
@@ -167,45 +187,100 @@ def _client_id() -> str:
     return f"client-{random.randint(10**6, 10**7)}"
 
 
-# ---- exercise 1 ---------------------------------------------------------------------------------
+# ---- exercise 1: the errors the client can fix --------------------------------------------------
 
-@check("Lesson 06 · ItemNotFound becomes a 404 in the envelope", limit_s=10)
-async def check_not_found(report, shop_app, add_not_found):
+BROAD_DB = ("SQLAlchemyError", "StatementError", "DBAPIError", "DatabaseError")
+
+
+def _none_returned(raised, response=None) -> bool:
+    """A handler returned None: nothing was sent (or, for the catch-all, None was called)."""
+    if response is not None and _sent_nothing(response):
+        return True
+    return bool(raised) and isinstance(raised[-1].exception, TypeError) \
+        and "'NoneType' object is not callable" in str(raised[-1].exception)
+
+
+def _not_found_hint(raised, registered, response) -> str:
+    body = json_body(response)
+    if _none_returned(raised, response):
+        return "Your handler returned nothing: an exception handler must `return` a response (`JSONResponse(...)`)."
+    if raised and not isinstance(raised[-1].exception, ItemNotFound):
+        return ("The handler itself raised: an exception handler returns a response, `JSONResponse(...)` — "
+                "not a dict, not a raise.")
+    if ItemNotFound not in registered:
+        return ("A handler runs for the class it is registered for and its subclasses: the route raises "
+                "ItemNotFound, which is not a subclass of what you registered.")
+    if isinstance(body, dict) and "detail" in body:
+        return ("Answer with the envelope, `error_body(\"item_not_found\", ...)` — not `{\"detail\": ...}`, and "
+                "not by raising HTTPException (FastAPI answers that its own way).")
+    return "Answer with the envelope, `error_body(\"item_not_found\", <a message>)`: its code, a message, status 404."
+
+
+def _conflict_hint(raised, registered, response) -> str:
+    if _none_returned(raised, response):
+        return "Your handler returned nothing: an exception handler must `return` a response (`JSONResponse(...)`)."
+    if any(getattr(key, "__module__", "").startswith("sqlite3") for key in registered):
+        return "SQLAlchemy wraps the driver's errors: the app sees SQLAlchemy's IntegrityError, not sqlite3's."
+    if response.status_code == 409 and _leaks(response):
+        return "Write the message yourself: `str(exc)`, `exc.orig` and `exc.params` hold SQL and the driver's words."
+    if response.status_code == 500:
+        return ("No handler took the taken name's error: which class does it raise? (The demo printed it, and the "
+                "classes above it.)")
+    return "A taken name is a conflict with what exists: 409, and the envelope `error_body(\"conflict\", ...)`."
+
+
+@check("Lesson 06 · a missing item is a 404, a taken name a 409 — and nothing else is", limit_s=12)
+async def check_client_errors(report, shop_app, add_client_errors):
     missing = _missing_id()
-    app = shop_app(add_not_found)
+    name = f"lamp-{random.randint(1000, 9999)}"
+    app = shop_app(add_client_errors)
     registered = _registered(app)
     async with serve(app, raise_app_exceptions=False) as client:
-        response = await client.get(f"/items/{missing}")
+        # 1. The domain's own error.
+        response = await _request(client, "GET", f"/items/{missing}")
 
         def item_id_right(error, _):
             if "item_id" in error and error["item_id"] != missing:
                 return f"error.item_id {error['item_id']!r}, not {missing}"
             return None
 
-        raised = client.errors_for(f"/items/{missing}")
-        body = json_body(response)
-        if raised and not isinstance(raised[-1].exception, ItemNotFound):
-            hint = ("The handler itself raised: an exception handler returns a response, `JSONResponse(...)` — "
-                    "not a dict, not a raise.")
-        elif ItemNotFound not in registered:
-            hint = ("Register the handler for ItemNotFound itself (`@app.exception_handler(ItemNotFound)`): a "
-                    "handler runs for the class it is registered for and its subclasses.")
-        elif isinstance(body, dict) and "detail" in body:
-            hint = ("Answer with the envelope, `JSONResponse(error_body(\"item_not_found\", ...), status_code=404)` "
-                    "— not `{\"detail\": ...}`, and not by raising HTTPException (FastAPI answers that its own way).")
-        else:
-            hint = ("Return `JSONResponse(error_body(\"item_not_found\", <a message>), status_code=404)`: the "
-                    "envelope, its code, a non-empty message, and the status.")
-        _judge(report, f"GET /items/{missing} → 404 item_not_found", response, client, 404, "item_not_found", hint,
-               extra=item_id_right)
-        found = await client.get("/items/1")
+        _judge(report, f"GET /items/{missing} → 404 item_not_found", response, client, 404, "item_not_found",
+               _not_found_hint(client.errors_for(f"/items/{missing}"), registered, response), extra=item_id_right)
+        found = await _request(client, "GET", "/items/1")
         report.add("an existing item still answers 200", found.status_code == 200, observed=observed(found, client),
                    expected="200", hint="The handler only runs when the exception is raised.")
+
+        # 2. The database's refusal: a name that is taken.
+        first = await _request(client, "POST", "/items", json={"name": name, "price": 12.5})
+        if first.status_code != 201:
+            report.fail("a new name → 201", observed=observed(first, client), expected="201",
+                        hint="Only the duplicate should fail.")
+            return
+        before = len(client.errors_for("/items"))
+        second = await _request(client, "POST", "/items", json={"name": name, "price": 13})
+
+        def no_sql(error, response):
+            leaks = _leaks(response)
+            return f"the body shows {', '.join(leaks)}" if leaks else None
+
+        _judge(report, "the same name again → 409 conflict, no SQL in the body", second, client, 409, "conflict",
+               _conflict_hint(client.errors_for("/items")[before:], registered, second), extra=no_sql)
+        after = await _request(client, "POST", "/items", json={"name": name + "-2", "price": 9})
+        report.add("a new name after the conflict still answers 201", after.status_code == 201,
+                   observed=observed(after, client), expected="201",
+                   hint="Each request has its own session: the conflict must not break the next request.")
+
+        # 3. Everything else keeps its answer: a missing table is ours (500), and so on.
+        too_broad = next((key.__name__ for key in registered if getattr(key, "__name__", "") in BROAD_DB), None)
         await _neighbours(report, client, [
-            ("GET", "/crash", {}, 500, None), ("GET", f"/no-such-page-{random.randint(10, 99)}", {}, 404, None),
-            ("GET", "/items/abc", {}, 422, None), ("GET", "/private", {}, 401, None)],
-            "Register the handler for ItemNotFound only: a handler for `Exception` (or another broad class) "
-            "answers 404 for errors that are not a missing item.")
+            ("GET", "/reports", {}, 500, None), ("GET", "/crash", {}, 500, None),
+            ("GET", f"/no-such-page-{random.randint(10, 99)}", {}, 404, None), ("GET", "/items/abc", {}, 422, None),
+            ("GET", "/private", {}, 401, None), ("POST", "/items", {"json": {"name": ""}}, 422, None)],
+            (f"A handler for {too_broad} answers for every subclass: /reports' missing table (OperationalError) is "
+             "one too, and the client would retry in vain. Choose the class only a taken name raises."
+             if too_broad else
+             "A handler for `Exception` (or another broad class) answers for errors that are not the client's. "
+             "Register each handler for the narrowest class that covers its case."))
 
 
 # ---- exercise 2 ---------------------------------------------------------------------------------
@@ -239,11 +314,11 @@ async def check_envelope(report, shop_app, add_envelope):
         "`fastapi.exceptions.RequestValidationError`." if RequestValidationError not in registered else
         "Answer 422 with `exc.errors()` under \"fields\": each entry's `loc` as a list and its `msg`.")
     async with serve(app, raise_app_exceptions=False) as client:
-        invalid = await client.post("/items", json={"price": -random.randint(1, 99)})
+        invalid = await _request(client, "POST", "/items", json={"price": -random.randint(1, 99)})
         _judge(report, "an invalid body → 422 validation_error, each field with its loc and message", invalid, client,
                422, "validation_error", validation_hint,
                extra=lambda error, _: _fields_problem(error, {("body", "name"), ("body", "price")}))
-        broken = await client.post("/items", content=b'{"name": ', headers={"content-type": "application/json"})
+        broken = await _request(client, "POST", "/items", content=b'{"name": ', headers={"content-type": "application/json"})
         _judge(report, "invalid JSON → 422 validation_error", broken, client, 422, "validation_error",
                "Invalid JSON is a RequestValidationError too. " + validation_hint,
                extra=lambda error, _: _fields_problem(error, set()))
@@ -252,7 +327,7 @@ async def check_envelope(report, shop_app, add_envelope):
         for path, method, status, header, value in (("/private", "GET", 401, "www-authenticate", "Bearer"),
                                                     ("/items", "GET", 405, "allow", "POST"),
                                                     ("/limited", "GET", 429, "retry-after", None)):
-            response = await client.request(method, path)
+            response = await _request(client, method, path)
             problem = envelope_problem(response, status, f"http_{status}")
             if problem is None and value is not None and response.headers.get(header, "").lower() != value.lower():
                 problem = f"{header} {response.headers.get(header)!r}"
@@ -278,7 +353,7 @@ async def check_envelope(report, shop_app, add_envelope):
                 "to retry)." if any(h in kinds for h in ("www-authenticate", "allow", "retry-after")) else
                 "The message is the exception's own `exc.detail`." if "not the exception's detail" in kinds else
                 "Status from `exc.status_code`, code `f\"http_{exc.status_code}\"`, message from `exc.detail`."))
-        nowhere = await client.get(f"/no-such-page-{random.randint(10, 99)}")
+        nowhere = await _request(client, "GET", f"/no-such-page-{random.randint(10, 99)}")
         _judge(report, "an unknown path → 404 http_404", nowhere, client, 404, "http_404",
                parent_hint or "Status from `exc.status_code`, code `f\"http_{exc.status_code}\"`.")
         await _neighbours(report, client, [
@@ -288,43 +363,6 @@ async def check_envelope(report, shop_app, add_envelope):
 
 
 # ---- exercise 3 ---------------------------------------------------------------------------------
-
-@check("Lesson 06 · a duplicate name is a 409, with no SQL in it — and only that", limit_s=12)
-async def check_conflict(report, shop_app, add_conflict):
-    name = f"lamp-{random.randint(1000, 9999)}"
-    app = shop_app(course_not_found, course_envelope, add_conflict)
-    driver_class = any(getattr(key, "__module__", "").startswith("sqlite3") for key in _registered(app))
-    async with serve(app, raise_app_exceptions=False) as client:
-        first = await client.post("/items", json={"name": name, "price": 12.5})
-        if first.status_code != 201:
-            report.fail("the first POST /items answers 201", observed=observed(first, client), expected="201",
-                        hint="Only the duplicate should fail.")
-            return
-        second = await client.post("/items", json={"name": name, "price": 13})
-
-        def no_sql(error, response):
-            leaks = _leaks(response)
-            return f"the body shows {', '.join(leaks)}" if leaks else None
-
-        _judge(report, "the same name again → 409 conflict, no SQL in the body", second, client, 409, "conflict",
-               "SQLAlchemy wraps the driver's errors: the app sees `sqlalchemy.exc.IntegrityError`, not sqlite3's."
-               if driver_class else
-               "Handle sqlalchemy.exc.IntegrityError: 409 and a message of your own — the exception's text is SQL."
-               if second.status_code != 409 or _leaks(second) == [] else
-               "Write the message yourself: `str(exc)`, `exc.orig` and `exc.params` hold SQL and the driver's words.",
-               extra=no_sql)
-        after = await client.post("/items", json={"name": name + "-2", "price": 9})
-        report.add("a new name after the conflict still answers 201", after.status_code == 201,
-                   observed=observed(after, client), expected="201",
-                   hint="Each request has its own session: the conflict must not break the next request.")
-        await _neighbours(report, client, [
-            ("GET", "/reports", {}, 500, None), ("GET", "/crash", {}, 500, None),
-            ("POST", "/items", {"json": {"name": ""}}, 422, "validation_error")],
-            "Only IntegrityError is a conflict. `/reports` fails with OperationalError (a missing table): a handler "
-            "for SQLAlchemyError or DBAPIError calls that a 409, and the client retries in vain.")
-
-
-# ---- exercise 4 ---------------------------------------------------------------------------------
 
 @check("Lesson 06 · the catch-all 500 logs everything, leaks nothing, and keeps the request id", limit_s=15)
 async def check_catch_all(report, shop_app, add_catch_all):
@@ -336,8 +374,10 @@ async def check_catch_all(report, shop_app, add_catch_all):
     with _Records() as records:
         async with serve(app, raise_app_exceptions=False) as client:
             rid = _client_id()
-            crash = await client.get("/crash", headers={"X-Request-ID": rid})
+            crash = await _request(client, "GET", "/crash", headers={"X-Request-ID": rid})
             if not _judge(report, "GET /crash → 500 internal_error", crash, client, 500, "internal_error",
+                          "Your handler returned nothing: an exception handler must `return` a response."
+                          if _none_returned(client.errors_for("/crash"), crash) else
                           "Register a handler for `Exception` that returns the envelope with status 500 — "
                           "`JSONResponse(..., status_code=500)`; without it a JSONResponse says 200."
                           if crash.status_code != 500 else
@@ -348,7 +388,7 @@ async def check_catch_all(report, shop_app, add_catch_all):
                        observed=("the response contains " + ", ".join(leaked)) if leaked else "",
                        expected="no exception text, no traceback, no secret",
                        hint="Never put `str(exc)`, its type or a traceback in a response: the client may be an attacker.")
-            anonymous = await client.get("/crash")
+            anonymous = await _request(client, "GET", "/crash")
             their_id = crash.headers.get("x-request-id")
             made_id = anonymous.headers.get("x-request-id")
             ok = their_id == rid and isinstance(made_id, str) and len(made_id) >= 8
@@ -362,7 +402,7 @@ async def check_catch_all(report, shop_app, add_catch_all):
                       "This handler runs in ServerErrorMiddleware, outside the request-id middleware, so nothing "
                       "tags its 500: set `headers={\"X-Request-ID\": request.state.request_id}` yourself."),
             )
-            reports = await client.get("/reports")
+            reports = await _request(client, "GET", "/reports")
             _judge(report, "another error (a missing table) → the same 500, no SQL", reports, client, 500,
                    "internal_error", "One handler for `Exception` covers every unexpected error, database ones too.",
                    extra=lambda error, response: (f"the body shows {', '.join(_leaks(response))}"
@@ -377,7 +417,7 @@ async def check_catch_all(report, shop_app, add_catch_all):
                    ("GET", "/crash?debug=1", {}), ("POST", "/items", {"json": [None]}), ("GET", "/%00", {})]
             bad = []
             for method, path, kwargs in odd:
-                response = await client.request(method, path, **kwargs)
+                response = await _request(client, method, path, **kwargs)
                 leaks = _leaks(response)
                 if leaks or (response.status_code >= 500 and envelope_problem(response, 500, "internal_error")):
                     bad.append(f"{method} {path} → {response.status_code}" + (f" with {', '.join(leaks)}" if leaks else ""))

@@ -166,6 +166,17 @@ async def test_request_headers_mistakes(mistake, failed, hint):
     assert hint in failure_text(report), failure_text(report)
 
 
+async def test_a_middleware_that_forgets_to_return_the_response_is_told_so():
+    async def no_return(request, call_next):
+        request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        response = await call_next(request)
+        response.headers["X-Request-ID"] = request.state.request_id  # ...and no `return response`
+
+    report = await failing(check_request_headers, lesson_app, no_return)
+    assert names(report) == ["GET /items/7 answers 200"], report.text()
+    assert "must end with `return`" in failure_text(report), failure_text(report)
+
+
 async def test_an_id_kept_on_the_middleware_object_is_mixed_up_under_concurrency():
     report = await failing(check_request_headers, lesson_app, InstanceAttribute)
     assert names(report) == [OWN_IDS, FRESH], report.text()
@@ -264,7 +275,7 @@ def pure(**mistake):
             async def send_with_headers(message):
                 nonlocal started
                 if message["type"] == "http.response.start":
-                    started = True
+                    started = not mistake.get("no_nonlocal")  # without `nonlocal`, the outer flag stays False
                     rid = self.request_id if mistake.get("instance_id") else request_id
                     name = b"X-Request-ID" if mistake.get("upper") else b"x-request-id"
                     value = rid if mistake.get("str_value") else rid.encode()
@@ -290,10 +301,11 @@ def pure(**mistake):
                         await send({"type": "http.response.body", "body": b"", "more_body": False})
                         return
                     raise
-                await send_with_headers({"type": "http.response.start", "status": 500,
-                                         "headers": [(b"content-type", b"application/json")]})
+                reply = send if mistake.get("raw_500") else send_with_headers
+                await reply({"type": "http.response.start", "status": 500,
+                             "headers": [(b"content-type", b"application/json")]})
                 if not mistake.get("no_body"):
-                    await send_with_headers({"type": "http.response.body", "body": b'{"detail":"Internal Server Error"}'})
+                    await reply({"type": "http.response.body", "body": b'{"detail":"Internal Server Error"}'})
     return Middleware
 
 
@@ -379,13 +391,16 @@ async def test_asgi_right_answers_pass(middleware):
     ({"second_start": True}, [MIDWAY], "re-raise instead of sending a 500"),
     ({"swallow": True}, [MIDWAY], "so the server drops the connection"),
     ({"buffer": True}, [CHUNKS], "one late response"),
-    ({"no_catch": True}, [HEADERS, LOGGED], "`call_next` raises too"),
+    ({"no_catch": True}, [HEADERS, LOGGED], "nothing passed your tagging `send`"),
     ({"instance_id": True}, [OWN_IDS, FRESH], "One variable for all requests"),
     ({"read_body": True}, [SPEC], "does your middleware read `receive` itself"),
     ({"no_body": True}, ["GET /boom answers 500"], "`more_body` False — once"),
+    ({"raw_500": True}, [HEADERS], "through that same `send`"),
+    ({"no_nonlocal": True}, [MIDWAY], "needs `nonlocal`"),
 ], ids=["lifespan not passed through", "state replaced", "upper-case header names", "str header values",
         "the app's headers replaced", "a second start", "error swallowed, body ended", "buffers the body",
-        "no catch", "id on the instance", "reads the request body", "500 without a body"])
+        "no catch", "id on the instance", "reads the request body", "500 without a body",
+        "the 500 sent untagged", "the flag never set (no nonlocal)"])
 async def test_asgi_mistakes(mistake, failed, hint):
     report = await failing(check_asgi_middleware, lesson_app, pure(**mistake))
     assert names(report) == failed, report.text()
@@ -451,23 +466,24 @@ def dependency_guard():
         async def need_key(x_api_key: str | None = Header(None)):
             if x_api_key != API_KEY:
                 raise HTTPException(401, "missing or invalid API key")
-        app = lesson_app()
+        app = FastAPI()  # the lesson's routers, with its admin routes behind the dependency
+        app.include_router(lesson["core"])
+        app.include_router(lesson["streams"])
         router = APIRouter(prefix="/admin", dependencies=[Depends(need_key)])
 
-        @router.get("/reports")
-        async def reports() -> list[str]:
-            return []
+        @router.get("")
+        async def home() -> dict[str, str]:
+            return {"admin": "home"}
 
-        app.include_router(router)
-        app.router.routes = [r for r in app.router.routes if getattr(r, "path", "") not in ("/admin", "/admin/stats")]
-
-        @app.get("/admin/stats", dependencies=[Depends(need_key)])
+        @router.get("/stats")
         async def stats() -> dict[str, int]:
             return {"users": 3}
 
-        @app.get("/admin", dependencies=[Depends(need_key)])
-        async def home() -> dict[str, str]:
-            return {"admin": "home"}
+        app.include_router(router)
+
+        @app.get("/admin-guide")
+        async def guide() -> dict[str, str]:
+            return {"how": "ask"}
 
         app.add_middleware(RequestContext)
         return app
@@ -532,6 +548,18 @@ async def test_guard_mistakes(admin_api, failed, hint):
     report = await failing(check_guard, admin_api)
     assert names(report) == failed, report.text()
     assert hint in failure_text(report), failure_text(report)
+
+
+async def test_a_guard_that_forgets_to_return_call_next_is_told_so():
+    async def middleware(request, call_next):
+        path = request.url.path
+        if (path == "/admin" or path.startswith("/admin/")) and request.headers.get("x-api-key") != API_KEY:
+            return JSONResponse({"detail": "no"}, status_code=401)
+        await call_next(request)  # the answer is dropped: None goes back
+
+    report = await failing(check_guard, guard_app(middleware))
+    assert names(report) == [OTHERS], report.text()
+    assert "must end with `return`" in failure_text(report), failure_text(report)
 
 
 async def test_the_key_from_the_query_string_is_not_a_key():
@@ -606,9 +634,12 @@ WIDER = "other methods and headers are refused"
     (cors(**{**exact(), "allow_headers": ["*"]}), [WIDER], 'opens every method or header'),
     (cors(**{**exact(), "allow_methods": ["GET"]}), [PREFLIGHT], 'allow_methods=["GET", "POST"]'),
     (cors(**{**exact(), "allow_headers": []}), [PREFLIGHT], "CORSMiddleware(allow_origins"),
+    (cors(**{**exact(), "allow_origins": ALLOWED_ORIGIN}), [LOOKALIKES], "a search in the text"),
+    (cors(**{**exact(), "allow_origins": f"{ALLOWED_ORIGIN},http://localhost:5173"}), [LOOKALIKES],
+     "a search in the text"),
 ], ids=["* with credentials", "no credentials", "any https origin", "unescaped dots", "any subdomain",
         "any scheme and port", "trailing slash", "null allowed", "both schemes", "every method", "every header",
-        "GET only", "X-API-Key not allowed"])
+        "GET only", "X-API-Key not allowed", "one string, not a list", "a comma-separated string (from settings)"])
 async def test_cors_mistakes(add, failed, hint):
     report = await failing(check_cors, lesson_app, add)
     assert names(report) == failed, report.text()

@@ -12,10 +12,10 @@ from fastapi import HTTPException
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from checks.lesson06 import ItemNotFound, check_catch_all, check_conflict, check_envelope, check_not_found
+from checks.lesson06 import ItemNotFound, check_catch_all, check_client_errors, check_envelope
 from conftest import assert_feedback_rules, failure_text, names, notebook_namespace
 
 pytestmark = pytest.mark.anyio
@@ -46,19 +46,54 @@ async def failing(check, *args):
     return report
 
 
-# ---- exercise 1 --------------------------------------------------------------------------------------
+# ---- exercise 1: the errors the client can fix ---------------------------------------------------------
 
 NOT_FOUND = "→ 404 item_not_found"
+CONFLICT = "the same name again → 409 conflict, no SQL in the body"
+
+
+def both(*installers):
+    def install(app):
+        for one in installers:
+            one(app)
+    return install
+
+
+def course_not_found(app):
+    handler(ItemNotFound, lambda r, e: JSONResponse(error_body("item_not_found", str(e)), 404))(app)
+
+
+def course_conflict(app):
+    handler(IntegrityError, lambda r, e: JSONResponse(error_body("conflict", "name taken"), 409))(app)
+
+
+def one_handler_for_both(app):
+    """One function, registered for each class it maps."""
+    answers = {ItemNotFound: (404, "item_not_found", "no such item"), IntegrityError: (409, "conflict", "taken")}
+
+    async def client_error(request, exc):
+        status, code, message = next(v for k, v in answers.items() if isinstance(exc, k))
+        return JSONResponse(error_body(code, message), status_code=status)
+
+    for exc_type in answers:
+        app.add_exception_handler(exc_type, client_error)
+
+
+def conflict_handler(exc_type, message=lambda exc: "name taken", status=409, code="conflict", sync=False):
+    return handler(exc_type, lambda r, e: JSONResponse(error_body(code, message(e)), status), sync=sync)
 
 
 @pytest.mark.parametrize("install", [
-    lesson["add_not_found"],
-    handler(ItemNotFound, lambda r, e: JSONResponse(error_body("item_not_found", "no such item"), 404)),
-    handler(ItemNotFound, lambda r, e: JSONResponse(error_body("item_not_found", f"no item {e.item_id}",
-                                                               item_id=e.item_id), 404), sync=True),
-], ids=["the notebook's", "add_exception_handler", "a plain def, with item_id"])
-async def test_not_found_right_answers_pass(install):
-    report = await check_not_found.report(shop_app, install)
+    lesson["add_client_errors"],
+    both(handler(ItemNotFound, lambda r, e: JSONResponse(error_body("item_not_found", "no such item"), 404)),
+         conflict_handler(IntegrityError)),
+    both(handler(ItemNotFound, lambda r, e: JSONResponse(error_body("item_not_found", f"no item {e.item_id}",
+                                                                    item_id=e.item_id), 404), sync=True),
+         conflict_handler(IntegrityError, message=lambda exc: "an item with this name exists already", sync=True)),
+    one_handler_for_both,
+], ids=["the notebook's", "add_exception_handler", "plain defs, with item_id", "one handler for both classes"])
+async def test_client_errors_right_answers_pass(install):
+    report = await check_client_errors.report(shop_app, install)
     assert report.passed, report.text()
 
 
@@ -66,31 +101,59 @@ def raises_http(request, exc):
     raise HTTPException(404, "no such item")
 
 
+def returns_nothing(request, exc):
+    JSONResponse(error_body("item_not_found", str(exc)), 404)  # built, never returned
+
+
 @pytest.mark.parametrize("install, neighbours, hint", [
     (handler(ItemNotFound, lambda r, e: JSONResponse({"detail": str(e)}, 404)), False, 'not `{"detail": ...}`'),
-    (handler(ItemNotFound, lambda r, e: JSONResponse(error_body("item_not_found", str(e)), 400)), False, "status_code=404"),
+    (handler(ItemNotFound, lambda r, e: JSONResponse(error_body("item_not_found", str(e)), 400)), False, "status 404"),
     (handler(KeyError, lambda r, e: JSONResponse(error_body("item_not_found", "x"), 404)), False,
-     "Register the handler for ItemNotFound itself"),
+     "not a subclass of what you registered"),
     (handler(ItemNotFound, lambda r, e: JSONResponse(error_body("not_found", str(e)), 404)), False, "item_not_found"),
     (handler(ItemNotFound, lambda r, e: JSONResponse(error_body("item_not_found", e.item_id), 404)), False,
      "item_not_found"),
     (handler(ItemNotFound, lambda r, e: error_body("item_not_found", str(e))), False, "not a dict, not a raise"),
     (handler(ItemNotFound, raises_http), False, "not by raising HTTPException"),
+    (handler(ItemNotFound, returns_nothing), False, "must `return` a response"),
     (handler(ItemNotFound, lambda r, e: PlainTextResponse("item not found", 404)), False, "the envelope"),
     (handler(ItemNotFound, lambda r, e: JSONResponse(error_body("item_not_found", "x", item_id=str(e.item_id)), 404)),
      False, "the envelope"),
     (handler(ItemNotFound, lambda r, e: JSONResponse({"code": "item_not_found", "message": str(e)}, 404)), False,
      "the envelope"),
     (handler(Exception, lambda r, e: JSONResponse(error_body("item_not_found", "no such item"), 404)), True,
-     "a handler for `Exception`"),
+     "A handler for `Exception`"),
 ], ids=["not the envelope", "400", "wrong exception", "wrong code", "message not a string", "returns a dict",
-        "raises HTTPException", "plain text", "item_id as str", "flat body", "registered for Exception"])
+        "raises HTTPException", "forgets to return", "plain text", "item_id as str", "flat body",
+        "registered for Exception"])
 async def test_not_found_mistakes(install, neighbours, hint):
-    report = await failing(check_not_found, shop_app, install)
+    report = await failing(check_client_errors, shop_app, both(install, course_conflict))
     if neighbours:
         assert names(report) == [NEIGHBOURS], report.text()
     else:
         assert len(names(report)) == 1 and names(report)[0].endswith(NOT_FOUND), report.text()
+    assert hint in failure_text(report), failure_text(report)
+
+
+@pytest.mark.parametrize("install, failed, hint", [
+    (conflict_handler(IntegrityError, message=str), [CONFLICT], "Write the message yourself"),
+    (conflict_handler(IntegrityError, message=lambda exc: str(exc.orig)), [CONFLICT], "Write the message yourself"),
+    (conflict_handler(IntegrityError, status=400), [CONFLICT], "A taken name is a conflict"),
+    (conflict_handler(IntegrityError, code="integrity_error"), [CONFLICT], "A taken name is a conflict"),
+    (conflict_handler(sqlite3.IntegrityError), [CONFLICT], "SQLAlchemy wraps the driver's errors"),
+    (conflict_handler(SQLAlchemyError), [NEIGHBOURS], "A handler for SQLAlchemyError answers for every subclass"),
+    (conflict_handler(DBAPIError), [NEIGHBOURS], "A handler for DBAPIError answers for every subclass"),
+    (conflict_handler(DatabaseError), [NEIGHBOURS], "A handler for DatabaseError answers for every subclass"),
+    (conflict_handler(Exception), [NEIGHBOURS], "A handler for `Exception`"),
+    (conflict_handler(ValueError), [CONFLICT], "which class does it raise?"),
+    (handler(IntegrityError, returns_nothing), [CONFLICT], "must `return` a response"),
+    (handler(IntegrityError, lambda r, e: JSONResponse({"detail": "name taken"}, 409)), [CONFLICT],
+     "A taken name is a conflict"),
+], ids=["str(exc)", "exc.orig", "400", "wrong code", "the driver's IntegrityError", "SQLAlchemyError",
+        "DBAPIError", "DatabaseError", "Exception", "a class it never raises", "forgets to return", "not the envelope"])
+async def test_conflict_mistakes(install, failed, hint):
+    report = await failing(check_client_errors, shop_app, both(course_not_found, install))
+    assert names(report) == failed, report.text()
     assert hint in failure_text(report), failure_text(report)
 
 
@@ -165,44 +228,6 @@ async def test_envelope_mistakes(install, failed, hint):
 
 # ---- exercise 3 ------------------------------------------------------------------------------------------
 
-CONFLICT = "the same name again → 409 conflict, no SQL in the body"
-
-
-def conflict_handler(exc_type, message=lambda exc: "name taken", status=409, code="conflict", sync=False):
-    return handler(exc_type, lambda r, e: JSONResponse(error_body(code, message(e)), status), sync=sync)
-
-
-@pytest.mark.parametrize("install", [
-    lesson["add_conflict"],
-    conflict_handler(IntegrityError),
-    conflict_handler(IntegrityError, message=lambda exc: "an item with this name exists already", sync=True),
-], ids=["the notebook's", "add_exception_handler", "a plain def"])
-async def test_conflict_right_answers_pass(install):
-    report = await check_conflict.report(shop_app, install)
-    assert report.passed, report.text()
-
-
-@pytest.mark.parametrize("install, failed, hint", [
-    (conflict_handler(IntegrityError, message=str), [CONFLICT], "Write the message yourself"),
-    (conflict_handler(IntegrityError, message=lambda exc: str(exc.orig)), [CONFLICT], "Write the message yourself"),
-    (conflict_handler(IntegrityError, status=400), [CONFLICT], "Handle sqlalchemy.exc.IntegrityError"),
-    (conflict_handler(IntegrityError, code="integrity_error"), [CONFLICT], "Handle sqlalchemy.exc.IntegrityError"),
-    (conflict_handler(sqlite3.IntegrityError), [CONFLICT], "SQLAlchemy wraps the driver's errors"),
-    (conflict_handler(SQLAlchemyError), [NEIGHBOURS], "Only IntegrityError is a conflict"),
-    (conflict_handler(DBAPIError), [NEIGHBOURS], "Only IntegrityError is a conflict"),
-    (conflict_handler(Exception), [NEIGHBOURS], "Only IntegrityError is a conflict"),
-    (handler(IntegrityError, lambda r, e: JSONResponse({"detail": "name taken"}, 409)), [CONFLICT],
-     "Handle sqlalchemy.exc.IntegrityError"),
-], ids=["str(exc)", "exc.orig", "400", "wrong code", "the driver's IntegrityError", "SQLAlchemyError",
-        "DBAPIError", "Exception", "not the envelope"])
-async def test_conflict_mistakes(install, failed, hint):
-    report = await failing(check_conflict, shop_app, install)
-    assert names(report) == failed, report.text()
-    assert hint in failure_text(report), failure_text(report)
-
-
-# ---- exercise 4 ------------------------------------------------------------------------------------------
-
 CRASH = "GET /crash → 500 internal_error"
 SILENT = "the 500 says nothing about the error"
 TAGGED = "the 500 carries X-Request-ID: the client's, or the one the middleware made"
@@ -265,9 +290,10 @@ async def test_catch_all_right_answers_pass(install):
     (catch_all(log_it="logger.exception", sync=True), [LOGGED], "Your handler is a plain `def`"),
     (catch_all(code="error"), [CRASH], "Return `error_body"),
     (catch_all_too_broad, [NEIGHBOURS], "register it for `Exception` only"),
+    (handler(Exception, lambda r, e: returns_nothing(r, e)), [CRASH], "returned nothing"),
 ], ids=["str(exc)", "traceback", "the type's name", "not logged", "logged without the id", "logged without traceback",
         "no X-Request-ID", "the client's header only", "status 200", "def + logger.exception", "wrong code",
-        "also for HTTPException"])
+        "also for HTTPException", "forgets to return"])
 async def test_catch_all_mistakes(install, failed, hint):
     report = await failing(check_catch_all, shop_app, install)
     assert names(report) == failed, report.text()
@@ -298,8 +324,8 @@ async def test_the_catch_all_500_misses_the_request_id_unless_the_handler_adds_i
         assert response.status_code == 500 and response.headers.get("x-request-id") == expected
 
 
-async def test_a_handler_for_pydantics_validation_error_never_runs_and_the_old_422_name_warns():
-    # What the lesson's "A handler that never runs" cell shows.
+async def test_a_handler_for_pydantics_validation_error_runs_for_the_apps_own_errors_only():
+    # What the lesson's "A handler that does not run for bad requests" cells show.
     import warnings
 
     from fastapi import status
@@ -310,15 +336,32 @@ async def test_a_handler_for_pydantics_validation_error_never_runs_and_the_old_4
 
     def add_pydantic_handler(app):
         @app.exception_handler(pydantic.ValidationError)
-        async def never_called(request, exc):
-            calls.append(exc)
-            return JSONResponse({"error": "caught"}, status_code=400)
+        async def pydantic_error(request, exc):
+            calls.append(request.url.path)
+            return JSONResponse({"error": "caught"}, status_code=422)
+
+        @app.get("/supplier-price")
+        async def supplier_price() -> lesson["ItemIn"]:
+            return lesson["ItemIn"].model_validate({"name": "kettle", "price": -3})
 
     async with serve(lesson["shop_app"](add_pydantic_handler), raise_app_exceptions=False) as client:
-        response = await client.post("/items", json={"price": -1})
-    assert response.status_code == 422 and list(response.json()) == ["detail"] and calls == []
+        bad_request = await client.post("/items", json={"price": -1})
+        own_error = await client.get("/supplier-price")
+    assert bad_request.status_code == 422 and list(bad_request.json()) == ["detail"]  # FastAPI's own 422
+    assert own_error.status_code == 422 and own_error.json() == {"error": "caught"}
+    assert calls == ["/supplier-price"]
     assert not issubclass(RequestValidationError, pydantic.ValidationError)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         status.HTTP_422_UNPROCESSABLE_ENTITY
     assert [type(w.message).__name__ for w in caught] == ["StarletteDeprecationWarning"]
+
+
+async def test_server_error_middleware_re_raises_after_the_catch_all_answered():
+    """What lesson 06 says and shows: the 500 is sent, then the error still reaches the server
+    (uvicorn logs it a second time)."""
+    from checks.asgi_spec import exchange, http_scope
+
+    result = await exchange(shop_app(lesson["add_catch_all"]), http_scope("GET", "/crash"))
+    assert result.status == 500 and result.spec.ended and isinstance(result.error, RuntimeError)
+    assert b"internal_error" in result.body
