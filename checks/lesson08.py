@@ -701,6 +701,11 @@ INVOICES = 4
 
 @check("Lesson 08 · send_invoice renders off the event loop, then e-mails the PDF", limit_s=20)
 async def check_invoices(report, make_app, send_invoice):
+    if not callable(send_invoice):
+        report.fail("send_invoice is a function", observed=f"send_invoice is {send_invoice!r}"[:120],
+                    expected="a function taking (order_id, email)",
+                    hint="Write `send_invoice` in the exercise cell and run that cell, then this one.")
+        return
     mailer.reset(latency_s=(0.01, 0.03))
     render_invoice.reset()
     orders = random.sample(range(1000, 9999), INVOICES)

@@ -386,6 +386,12 @@ async def invoice_mail_fire_and_forget(order_id: int, email: str) -> None:
     asyncio.create_task(mailer.send(email, "Invoice", attachment=pdf))
 
 
+async def test_an_unwritten_send_invoice_fails_with_its_own_message():
+    report = await check_invoices.report(invoice_app, None)
+    assert names(report) == ["send_invoice is a function"], report.text()
+    assert_feedback_rules(report)
+
+
 EACH_ORDER = "each order gets one e-mail with its own PDF"
 LOOP_FREE = "the event loop stays free while invoices render"
 
