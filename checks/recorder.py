@@ -477,7 +477,7 @@ class Recorder:
         from .plots import render_png
 
         rows = len(self.exchanges) + (1 if any(e.exchange is None for e in self.events) else 0)
-        return render_png(lambda ax: draw_recording(ax, self), height=1.2 + 0.55 * max(rows, 1))
+        return render_png(lambda ax: draw_recording(ax, self), height=1.3 + 0.62 * max(rows, 1))
 
 
 def _ms(value: float | None) -> str:
@@ -506,42 +506,55 @@ WAIT_COLOR, AFTER_COLOR, TASK_COLOR, ERROR_COLOR, MARK_COLOR = "#2f81f7", "#d0d7
 def draw_recording(ax, recorder: Recorder) -> None:
     """One row per request: the client's wait (blue), the ASGI call going on after the answer
     (grey), its background tasks (amber, red if one raised), body chunks (ticks), marks (dots)."""
+    from .plots import LABEL_PT, MIN_BAR, TICK_PT, TITLE_PT, spaced
+
     rows = list(recorder.exchanges)
     loose = [e for e in recorder.events if e.exchange is None and e.kind in ("mark", "task.start", "task.end")]
     labels = [e.label for e in rows] + (["outside requests"] if loose else [])
     right = max([recorder.events[-1].t if recorder.events else 0.0] + [e.returned_at or 0 for e in rows]) * 1000
+    span = right * 1.35 + 1
+    shortest = span * MIN_BAR  # a 1 ms bar is still a few pixels wide
     for row, exchange in enumerate(rows):
         sent = exchange.sent_at * 1000
         end = (exchange.ended_at or exchange.disconnected_at or exchange.returned_at or recorder.now()) * 1000
         color = ERROR_COLOR if (exchange.status or 0) >= 500 else WAIT_COLOR
-        ax.barh(row, max(end - sent, 0.3), left=sent, height=0.5, color=color)
+        ax.barh(row, max(end - sent, shortest), left=sent, height=0.5, color=color)
         tag = "answer" if exchange.answered else ("left" if exchange.disconnected_at is not None else "no answer")
-        ax.text(end, row - 0.32, f"{tag} {end:.0f} ms", fontsize=7, color=color)
+        ax.text(max(end, sent + shortest), row - 0.28, f" {tag} {end:.0f} ms", fontsize=LABEL_PT, color=color,
+                va="bottom")
         if exchange.returned_at is not None and exchange.returned_at * 1000 > end + 0.1:
             ax.barh(row, exchange.returned_at * 1000 - end, left=end, height=0.2, color=AFTER_COLOR)
         for start, stop, name, failed in _task_spans(recorder, exchange):
-            ax.barh(row + 0.18, max((stop - start) * 1000, 0.3), left=start * 1000, height=0.16,
+            ax.barh(row + 0.2, max((stop - start) * 1000, shortest), left=start * 1000, height=0.2,
                     color=ERROR_COLOR if failed else TASK_COLOR)
-            ax.text(stop * 1000, row + 0.3, f" {name} {'raised' if failed else 'ended'} {stop * 1000:.0f} ms",
-                    fontsize=7, color=ERROR_COLOR if failed else TASK_COLOR, va="center")
+            ax.text(max(stop * 1000, start * 1000 + shortest), row + 0.2,
+                    f" {name} {'raised' if failed else 'ended'} {stop * 1000:.0f} ms",
+                    fontsize=LABEL_PT, color=ERROR_COLOR if failed else TASK_COLOR, va="center")
         for t, chunk in exchange.chunks:
-            if chunk:
-                ax.plot([t * 1000, t * 1000], [row - 0.25, row + 0.25], color="white", linewidth=0.8)
+            if chunk and end - sent > 4 * shortest:  # a tick would cut a short bar in two
+                ax.plot([t * 1000, t * 1000], [row - 0.25, row + 0.25], color="white", linewidth=1)
         for event in recorder.find("mark", exchange=exchange):
-            ax.plot(event.t * 1000, row - 0.05, "o", color=MARK_COLOR, markersize=3)
+            ax.plot(event.t * 1000, row - 0.05, "o", color=MARK_COLOR, markersize=4)
     if loose:
         row = len(rows)
-        for event in loose:
-            ax.plot(event.t * 1000, row, "o", color=MARK_COLOR, markersize=3)
-        shown = loose[:6]
-        for event in shown:
-            ax.text(event.t * 1000, row + 0.3, f" {event.what}", fontsize=6, rotation=20, color=MARK_COLOR)
-    ax.set_yticks(range(len(labels)), labels, fontsize=8)
-    ax.invert_yaxis()
+        xs = [event.t * 1000 for event in loose]
+        ax.plot(xs, [row] * len(xs), "o", color=MARK_COLOR, markersize=4, alpha=0.6)
+        # a few labels, far enough apart not to overlap; the rest are counted
+        shown = spaced(xs, span * 0.3)[:4]
+        for index in shown:
+            what = loose[index].what
+            ax.text(xs[index], row - 0.2, what if len(what) <= 34 else what[:33] + "…", fontsize=LABEL_PT - 1,
+                    color=MARK_COLOR, va="bottom")
+        if len(loose) > len(shown):
+            ax.text(span, row + 0.3, f"{len(loose)} events", fontsize=LABEL_PT - 1, color=MARK_COLOR,
+                    ha="right", va="center")
+    ax.set_yticks(range(len(labels)), labels, fontsize=TICK_PT)
+    ax.tick_params(axis="x", labelsize=TICK_PT)
+    ax.set_ylim(len(labels) - 0.4, -0.75)  # top row first, room for its label
     ax.set_xlabel("ms since the recorder started (blue: the client waits; grey: the app still works; "
-                  "amber: background tasks)", fontsize=7)
-    ax.set_title(recorder.title, fontsize=10)
-    ax.set_xlim(0, right * 1.3 + 1)
+                  "amber: background tasks)", fontsize=LABEL_PT)
+    ax.set_title(recorder.title, fontsize=TITLE_PT)
+    ax.set_xlim(0, span)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
 

@@ -165,7 +165,7 @@ class Timeline:
     def _repr_png_(self) -> bytes:
         from .plots import draw_timeline, render_png
 
-        return render_png(lambda ax: draw_timeline(ax, self))
+        return render_png(lambda ax: draw_timeline(ax, self), height=1.0 + 0.45 * max(len(self.spans), 2))
 
 
 @dataclass

@@ -17,7 +17,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from checks.lesson08 import (
-    POLL_S, CountingSession, MailerError, Order, OutboxMessage, User, check_invoices, check_outbox, check_signup,
+    POLL_S, SEND_TIMEOUT_S, CountingSession, MailerError, Order, OutboxMessage, User, check_invoices, check_outbox, check_signup,
     mailer, render_invoice,
 )
 from conftest import assert_feedback_rules, failure_text, names, notebook_namespace
@@ -226,6 +226,35 @@ async def wrong_never_closed(new: NewUser, session: SessionDep, request: Request
     return {"id": user.id, "email": user.email}
 
 
+async def confirm_flag_first(sessions, user_id):
+    async with sessions() as session:
+        user = await session.get(User, user_id)
+        user.confirmation_sent = True  # "record it, then send"
+        await session.commit()
+        await mailer.send(user.email, "Confirm")
+
+
+async def wrong_flag_before_email(new: NewUser, session: SessionDep, request: Request, tasks: BackgroundTasks):
+    user = await new_user(session, new.email)
+    tasks.add_task(confirm_flag_first, request.state.sessions, user.id)
+    return {"id": user.id, "email": user.email}
+
+
+async def confirm_with_own_engine(user_id):
+    engine = create_async_engine(lesson["DATABASE_URL"])  # a pool of its own, never disposed
+    async with async_sessionmaker(engine, expire_on_commit=False)() as session:
+        user = await session.get(User, user_id)
+        await mailer.send(user.email, "Confirm")
+        user.confirmation_sent = True
+        await session.commit()
+
+
+async def wrong_engine_in_task(new: NewUser, session: SessionDep, tasks: BackgroundTasks):
+    user = await new_user(session, new.email)
+    tasks.add_task(confirm_with_own_engine, user.id)
+    return {"id": user.id, "email": user.email}
+
+
 ONE_EMAIL = "one confirmation e-mail per signup, to its address"
 RECORDS = "the task records `confirmation_sent` in the database"
 OWN_SESSION = "the task opens a session of its own"
@@ -244,17 +273,27 @@ OWN_SESSION = "the task opens a session of its own"
     (wrong_no_commit, [RECORDS], "never committed"),
     (wrong_time_sleep, ["the event loop stays free"], "time.sleep"),
     (wrong_forgot_add_task, [ONE_EMAIL], "add_task"),
-    (wrong_default_scope, [OWN_SESSION], 'scope="function"'),
+    # the default scope keeps the request's transaction open during the task: a failed e-mail rolls the signup back
+    (wrong_default_scope, ["POST /signups answers 201 with the new user's id and email", OWN_SESSION],
+     "rolled back after its 201"),
     (wrong_never_closed, ["every session is closed"], "async with"),
+    (wrong_flag_before_email, ["no flag without its e-mail"], "only after `mailer.send` returned"),
+    (wrong_engine_in_task, ["no database connection left open"], "nothing disposes"),
 ], ids=["sent inline", "request's session", "request's session and object", "detached object", "create_task",
         "coroutine to add_task", "def task without await", "no commit", "time.sleep in the task",
-        "no task added", "default scope", "session never closed"])
+        "no task added", "default scope", "session never closed", "flag before the e-mail", "engine in the task"])
 async def test_signup_mistakes(route, failed, hint):
     report = await check_signup.report(signup_app(route))
     optional = [name.rstrip("?") for name in failed if name.endswith("?")]  # may fail too, by timing
     assert [n for n in names(report) if n not in optional] == [n for n in failed if not n.endswith("?")], report.text()
     assert hint in failure_text(report), failure_text(report)
     assert_feedback_rules(report)
+
+
+async def test_items_about_a_task_are_not_judged_when_there_is_none():
+    report = await check_signup.report(signup_app(wrong_inline))
+    judged = [item.name for item in report.items]
+    assert OWN_SESSION not in judged and "every session is closed" not in judged, report.text()
 
 
 async def test_a_200_is_not_a_201():
@@ -347,6 +386,12 @@ async def invoice_mail_fire_and_forget(order_id: int, email: str) -> None:
     asyncio.create_task(mailer.send(email, "Invoice", attachment=pdf))
 
 
+async def test_an_unwritten_send_invoice_fails_with_its_own_message():
+    report = await check_invoices.report(invoice_app, None)
+    assert names(report) == ["send_invoice is a function"], report.text()
+    assert_feedback_rules(report)
+
+
 EACH_ORDER = "each order gets one e-mail with its own PDF"
 LOOP_FREE = "the event loop stays free while invoices render"
 
@@ -432,16 +477,20 @@ async def route_uuid_key_commit_in_route(order: OrderIn, session: SessionDep):
 
 async def worker_polling(sessions):
     while True:
-        async with sessions() as session:
-            pending = await session.scalars(select(OutboxMessage).where(OutboxMessage.sent_at.is_(None)))
-            for message in pending.all():
-                try:
-                    await mailer.send(message.recipient, message.subject, idempotency_key=message.key)
-                except MailerError:
-                    message.attempts += 1
-                else:
-                    message.sent_at = datetime.now(timezone.utc)
-                await session.commit()
+        with suppress(Exception):  # a failed round (the database) is tried again
+            async with sessions() as session:
+                pending = await session.scalars(select(OutboxMessage).where(OutboxMessage.sent_at.is_(None)))
+                for message in pending.all():
+                    try:
+                        await asyncio.wait_for(
+                            mailer.send(message.recipient, message.subject, idempotency_key=message.key),
+                            SEND_TIMEOUT_S)
+                    except Exception as error:
+                        message.attempts += 1
+                        message.last_error = str(error)
+                    else:
+                        message.sent_at = datetime.now(timezone.utc)
+                    await session.commit()
         await asyncio.sleep(POLL_S)
 
 
@@ -456,9 +505,10 @@ def stoppable_worker():
                 for message in (await session.scalars(
                         select(OutboxMessage).where(OutboxMessage.sent_at.is_(None)).limit(20))).all():
                     try:
-                        await mailer.send(message.recipient, message.subject, idempotency_key=message.key)
+                        async with asyncio.timeout(SEND_TIMEOUT_S):
+                            await mailer.send(message.recipient, message.subject, idempotency_key=message.key)
                         message.sent_at = datetime.now(timezone.utc)
-                    except MailerError:
+                    except Exception:  # noqa: BLE001 - the next round tries again
                         message.attempts += 1
             with suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), POLL_S)
@@ -478,16 +528,22 @@ def stoppable_worker():
 
 
 async def worker_one_at_a_time_deleting(sessions):
-    """Claims the oldest pending message, sends it, deletes it once the mailer said yes."""
+    """Claims the least-tried pending message, sends it in a task of its own with a deadline, deletes it
+    once the mailer said yes (a failure goes to the back of the line)."""
     while True:
         async with sessions() as session:
             message = await session.scalar(select(OutboxMessage).order_by(OutboxMessage.attempts, OutboxMessage.id))
             if message is None:
                 await asyncio.sleep(POLL_S)
                 continue
+            send = asyncio.create_task(mailer.send(message.recipient, message.subject, idempotency_key=message.key))
             try:
-                await mailer.send(message.recipient, message.subject, idempotency_key=message.key)
-            except MailerError:
+                done, _ = await asyncio.wait([send], timeout=SEND_TIMEOUT_S)
+            finally:  # given up, or the worker cancelled: the send must not outlive it
+                if not send.done():
+                    send.cancel()
+                    await asyncio.wait([send])
+            if not done or send.cancelled() or send.exception() is not None:
                 message.attempts += 1
                 await session.commit()
                 await asyncio.sleep(min(POLL_S * 2 ** message.attempts, 0.2))  # back off
@@ -507,8 +563,8 @@ stoppable, start_stoppable, stop_stoppable = stoppable_worker()
 @pytest.mark.parametrize("make_app, deliver", [
     (outbox_factory(route_one_transaction, start_task, cancel_and_await), worker_polling),
     (outbox_factory(route_uuid_key_commit_in_route, start_stoppable, stop_stoppable), stoppable),
-    (outbox_factory(route_one_transaction, start_task, cancel_only), worker_one_at_a_time_deleting),
-], ids=["poll, cancel and await", "stop event, commit in the route", "delete after sending, cancel only"])
+    (outbox_factory(route_one_transaction, start_task, cancel_and_await), worker_one_at_a_time_deleting),
+], ids=["poll, wait_for, cancel and await", "stop event, commit in the route", "delete after sending, a task per send"])
 async def test_outbox_right_answers_pass(make_app, deliver):
     report = await check_outbox.report(make_app, deliver)
     assert report.passed, report.text()
@@ -589,8 +645,9 @@ async def no_try(session, message):
 
 async def no_key(session, message):
     try:
-        await mailer.send(message.recipient, message.subject)
-    except MailerError:
+        async with asyncio.timeout(SEND_TIMEOUT_S):
+            await mailer.send(message.recipient, message.subject)
+    except Exception:  # noqa: BLE001 - pending: the next round tries again
         return
     message.sent_at = datetime.now(timezone.utc)
     await session.commit()
@@ -598,8 +655,9 @@ async def no_key(session, message):
 
 async def new_key_each_time(session, message):
     try:
-        await mailer.send(message.recipient, message.subject, idempotency_key=uuid.uuid4().hex)
-    except MailerError:
+        async with asyncio.timeout(SEND_TIMEOUT_S):
+            await mailer.send(message.recipient, message.subject, idempotency_key=uuid.uuid4().hex)
+    except Exception:  # noqa: BLE001 - pending: the next round tries again
         return
     message.sent_at = datetime.now(timezone.utc)
     await session.commit()
@@ -607,8 +665,9 @@ async def new_key_each_time(session, message):
 
 async def right_send(session, message):
     try:
-        await mailer.send(message.recipient, message.subject, idempotency_key=message.key)
-    except MailerError:
+        async with asyncio.timeout(SEND_TIMEOUT_S):
+            await mailer.send(message.recipient, message.subject, idempotency_key=message.key)
+    except Exception:  # noqa: BLE001 - pending: the next round tries again
         return
     message.sent_at = datetime.now(timezone.utc)
     await session.commit()
@@ -616,8 +675,9 @@ async def right_send(session, message):
 
 async def forgets_commit(session, message):
     try:
-        await mailer.send(message.recipient, message.subject, idempotency_key=message.key)
-    except MailerError:
+        async with asyncio.timeout(SEND_TIMEOUT_S):
+            await mailer.send(message.recipient, message.subject, idempotency_key=message.key)
+    except Exception:  # noqa: BLE001 - pending: the next round tries again
         return
     message.sent_at = datetime.now(timezone.utc)  # never committed
 
@@ -664,6 +724,63 @@ async def start_awaiting(deliver, sessions):
     await deliver(sessions)  # never returns: the app never finishes starting
 
 
+def worker_catching(catch, timeout=None, per_message=True):
+    """The common shapes: which errors are caught, around what, and whether a send has a deadline."""
+
+    async def send(message):
+        call = mailer.send(message.recipient, message.subject, idempotency_key=message.key)
+        await (asyncio.wait_for(call, timeout) if timeout else call)
+
+    async def one_round(sessions):
+        async with sessions() as session:
+            for message in (await session.scalars(
+                    select(OutboxMessage).where(OutboxMessage.sent_at.is_(None)))).all():
+                if per_message:
+                    try:
+                        await send(message)
+                    except catch:
+                        message.attempts += 1
+                    else:
+                        message.sent_at = datetime.now(timezone.utc)
+                else:
+                    await send(message)
+                    message.sent_at = datetime.now(timezone.utc)
+                await session.commit()
+
+    async def deliver(sessions):
+        while True:
+            if per_message:
+                await one_round(sessions)
+            else:
+                try:
+                    await one_round(sessions)
+                except catch:  # "the next round tries again"
+                    pass
+            await asyncio.sleep(POLL_S)
+
+    return deliver
+
+
+async def give_up_unless_mailer_error(session, message):
+    try:
+        async with asyncio.timeout(SEND_TIMEOUT_S):
+            await mailer.send(message.recipient, message.subject, idempotency_key=message.key)
+    except MailerError:
+        return  # pending: retried
+    except Exception as error:  # "not a delivery failure: a poison message, never retry it"
+        message.last_error = repr(error)
+    message.sent_at = datetime.now(timezone.utc)
+    await session.commit()
+
+
+async def route_key_from_recipient(order: OrderIn, session: SessionDep):
+    row = Order(email=order.email, item=order.item)
+    session.add(row)
+    await session.flush()
+    session.add(OutboxMessage(key=f"confirm-{order.email}", recipient=order.email, subject=f"Order {row.id}"))
+    return {"id": row.id}
+
+
 right_route = route_one_transaction
 STANDARD = dict(start=start_task, stop=cancel_and_await)
 
@@ -674,6 +791,8 @@ AFTER_RESTART = "an e-mail cut off by a shutdown is delivered after the restart,
 ONE_TRANSACTION = "an order and its outbox row are written in one transaction"
 MARKED = "a delivered message is marked sent"
 STOPPED = "the worker is stopped at shutdown, nothing left running"
+SURVIVES = "an error other than MailerError stops nothing: the worker goes on with the other messages"
+HANG = "a send that hangs holds back no other e-mail"
 
 
 @pytest.mark.parametrize("route, deliver, lifecycle, failed, hint", [
@@ -685,6 +804,16 @@ STOPPED = "the worker is stopped at shutdown, nothing left running"
     (right_route, polling(mark_then_send), STANDARD, [RETRIED], "mark it sent before"),
     (right_route, polling(give_up_on_error), STANDARD, [RETRIED], "leave the row pending"),
     (right_route, polling(no_try), STANDARD, [RETRIED, STOPPED], "keeps running"),
+    (right_route, worker_catching(MailerError), STANDARD, [SURVIVES, STOPPED], "Only `MailerError`"),
+    (right_route, worker_catching(MailerError, timeout=SEND_TIMEOUT_S), STANDARD, [SURVIVES, STOPPED],
+     "Catch `Exception`"),
+    (right_route, worker_catching(Exception, timeout=SEND_TIMEOUT_S, per_message=False), STANDARD, [SURVIVES],
+     "around each message"),
+    (right_route, polling(give_up_unless_mailer_error), STANDARD, [SURVIVES], "works on the next try"),
+    (right_route, worker_catching(Exception), STANDARD, [HANG], "SEND_TIMEOUT_S"),
+    (right_route, worker_catching(Exception, timeout=30), STANDARD, [HANG], "SEND_TIMEOUT_S"),
+    (right_route, worker_catching(Exception, timeout=SEND_TIMEOUT_S), dict(start=start_task, stop=cancel_only),
+     [STOPPED], "cancel() only asks"),
     (right_route, polling(no_key), STANDARD, [NOT_TWICE, AFTER_RESTART], "idempotency_key"),
     (right_route, polling(new_key_each_time), STANDARD, [NOT_TWICE, AFTER_RESTART], "same"),
     (right_route, polling(forgets_commit), STANDARD, [MARKED], "commit"),
@@ -694,12 +823,21 @@ STOPPED = "the worker is stopped at shutdown, nothing left running"
     (right_route, deliver_once, STANDARD, ["the worker delivers new orders' e-mails"], "pending outbox rows"),
 ], ids=["BackgroundTasks, no outbox", "outbox in a second transaction", "sent inline in the route",
         "deletes before sending", "marks sent before sending", "swallows the error", "no try: the worker dies",
+        "catches MailerError only", "MailerError only, with a timeout", "catches around the round",
+        "gives up on other errors", "no timeout", "a 30 s timeout", "cancelled, never awaited",
         "no idempotency key", "a new key per attempt", "never commits sent_at", "worker never stopped",
         "stop flag only", "time.sleep between rounds", "one round, no loop"])
 async def test_outbox_mistakes(route, deliver, lifecycle, failed, hint):
     report = await check_outbox.report(outbox_factory(route, **lifecycle), deliver)
     assert names(report) == failed, report.text()
     assert hint in failure_text(report), failure_text(report)
+    assert_feedback_rules(report)
+
+
+async def test_a_key_made_from_the_recipient_fails_when_a_customer_orders_twice():
+    report = await check_outbox.report(outbox_factory(route_key_from_recipient, **STANDARD), worker_polling)
+    assert names(report) == ["POST /orders answers 201 with the order's id"], report.text()
+    assert "ordered twice" in failure_text(report), failure_text(report)
     assert_feedback_rules(report)
 
 

@@ -325,3 +325,55 @@ async def test_the_recorder_raises_no_warning():
             await rec.post("/signup")
             await rec.post("/fails")
         rec._repr_png_()
+
+
+def _drawn(draw, height):
+    """The figure `draw(ax)` makes, rendered as render_png does: its size in pixels, the texts'
+    sizes and boxes, and the bars' widths in pixels."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    from checks.plots import DPI, WIDTH_IN
+
+    fig = Figure(figsize=(WIDTH_IN, height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    draw(ax)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = [t for t in ax.texts if t.get_text().strip()] + list(ax.get_yticklabels()) + list(ax.get_xticklabels())
+    bars = [p for p in ax.patches if isinstance(p, Rectangle)]
+    widths = [ax.transData.transform((b.get_x() + b.get_width(), 0))[0] - ax.transData.transform((b.get_x(), 0))[0]
+              for b in bars]
+    return fig.get_size_inches() * DPI, texts, [t.get_window_extent(renderer) for t in ax.texts], widths
+
+
+async def test_the_timeline_is_readable_at_a_glance():
+    """About 900 px wide, labels of 9 pt or more that do not overlap, and a 1 ms bar still visible."""
+    from checks.plots import draw_timeline
+    from checks.recorder import draw_recording
+    from checks.timing import Span, Timeline
+
+    app = FastAPI()
+
+    @app.get("/quick")
+    async def quick():
+        return {}
+
+    async with record(app, title="one slow, many quick") as rec:
+        await rec.get("/quick")
+        mark("worker: sent 1")
+        await asyncio.sleep(0.2)
+        for i in range(8):
+            mark(f"worker: sent {i + 2}")  # eight marks at once, outside any request
+        await rec.get("/quick")
+    timeline = Timeline(spans=[Span("GET /slow", 0.0, 0.3, "200"), Span("GET /quick", 0.1, 0.101, "200")])
+    for draw, height in [(lambda ax: draw_recording(ax, rec), 3.0), (lambda ax: draw_timeline(ax, timeline), 2.0)]:
+        size, texts, boxes, widths = _drawn(draw, height)
+        assert size[0] >= 850
+        assert min(t.get_fontsize() for t in texts) >= 9
+        assert min(widths) >= 4, widths  # pixels: the 1 ms answers are bars, not hairlines
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1:]:
+                assert not a.overlaps(b), (a, b)
