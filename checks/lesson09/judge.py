@@ -338,6 +338,13 @@ def _judge_ticks(report, run: _TickRun, watch) -> None:
                     expected="200 and the ticks missed",
                     hint=_status_hint(run.second, "GET", "/ticks", "Read the header as "
                                       "`last_event_id: Annotated[int | None, Header()] = None`."))
+    elif run.second.error is not None:
+        report.fail("a reconnect with Last-Event-ID resumes after it",
+                    observed=f"reconnected with Last-Event-ID: {run.resumed_from}; the stream broke: the app raised "
+                             f"{describe_exception(run.second.error)}",
+                    expected="the ticks missed, then the new ones",
+                    hint="Headers arrive as text: declare `last_event_id: Annotated[int | None, Header()] = None` and "
+                         "FastAPI converts it (and refuses what is not a number).")
     else:
         resumed = [_tick_id(e, run.lookup) for e in _sse_parse(run.second.body)[0]]
         resumed = [i for i in resumed if i is not None]
