@@ -272,7 +272,14 @@ async def _tick_session(report, rec, run: _TickRun, tasks) -> None:
         await asyncio.sleep(0.01)
     lookup = lambda: {(e.tick.symbol, e.tick.price): e.id for e in feed.events}  # noqa: E731
     got = lambda exchange, wanted: lambda: set(wanted) <= {_tick_id(e, lookup()) for e in _sse_parse(exchange.body)[0]}  # noqa: E731
-    await rec.wait_for(got(first, run.live), WAIT_S)
+    await rec.wait_for(lambda: got(first, run.live)() or first.done, WAIT_S)
+    if first.done and first.error is not None:  # the stream broke: nothing more to judge
+        report.fail("each tick arrives as an event", observed=f"the stream broke: the app raised "
+                    f"{describe_exception(first.error)}", expected="the ticks published, as events",
+                    hint="A route with `response_class=EventSourceResponse` is an async generator: it `yield`s "
+                         "each `ServerSentEvent` (a `return` sends nothing).")
+        run.first = None
+        return
     before = _sse_parse(first.body)[1]
     await asyncio.sleep(6 * PING_S)  # idle: nothing is published
     run.comments_idle = _sse_parse(first.body)[1] - before
