@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import re
 import time
 import warnings
 
@@ -35,7 +36,10 @@ class Check:
         self.fn, self.title, self.limit_s = fn, title, limit_s
         functools.update_wrapper(self, fn)
         # A stable id for progress views and graders: "lesson01.check_forecast".
-        self.id = f"{fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__}"
+        # A lesson may be a package (checks.lesson09.judge): the id names the lesson, not the module.
+        parts = fn.__module__.split(".")
+        module = next((p for p in reversed(parts) if re.fullmatch(r"lesson\d+", p)), parts[-1])
+        self.id = f"{module}.{fn.__name__}"
 
     async def report(self, *args, **kwargs) -> Report:
         """Run the check and return its report, without showing it or raising."""

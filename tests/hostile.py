@@ -77,7 +77,10 @@ def _hostile_routes(region: str, body: str) -> str | None:
     for index, node in enumerate(tree.body):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and any(map(_is_route, node.decorator_list)):
             fields = {field: getattr(node, field, None) for field in node._fields}
-            tree.body[index] = ast.AsyncFunctionDef(**{**fields, "body": ast.parse(body).body, "returns": None})
+            hostile = ast.parse(body).body
+            if any(isinstance(n, (ast.Yield, ast.YieldFrom)) for n in ast.walk(node)):
+                hostile.append(ast.Expr(ast.Yield()))  # a streaming route stays a generator, so FastAPI runs its body
+            tree.body[index] = ast.AsyncFunctionDef(**{**fields, "body": hostile, "returns": None})
             changed = True
     return ast.unparse(ast.fix_missing_locations(tree)) + "\n" if changed else None
 
