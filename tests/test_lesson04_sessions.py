@@ -208,7 +208,7 @@ async def visits_task_group_swallowed(sessions, pages):
     (visits_never_closed, "every session is closed when record_visits returns"),
     (visits_not_committed, "every other visit is stored"),
     (visits_sleep_before_commit, "keeps the event loop free"),
-    (visits_one_session, "one refused visit does not fail the call"),
+    (visits_one_session, "each task has its own session"),
     (visits_task_group, "one refused visit does not fail the call"),
     (visits_plain_gather, "one refused visit does not fail the call"),
     (visits_first_error_caught, "every session is closed when record_visits returns"),
