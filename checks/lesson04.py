@@ -17,13 +17,14 @@ import json
 import os
 import random
 import shutil
+import sqlite3
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
 
 from sqlalchemy import String, event, select
-from sqlalchemy.exc import InvalidRequestError
+from sqlalchemy.exc import IntegrityError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -46,6 +47,8 @@ class Call:
     end: float | None = None
     outcome: str = "running"  # "ok", "failed", "cancelled"
     blocking: bool = False  # made with the blocking client (in some thread)
+    task: asyncio.Task | None = None  # the task that waits (async client), so a leftover can be stopped
+    stop: threading.Event | None = None  # ends a blocking client's wait early (a leftover in a thread)
 
 
 _waiters: list[tuple[asyncio.AbstractEventLoop, object, asyncio.Future]] = []
@@ -84,7 +87,8 @@ async def until(predicate, timeout_s: float) -> bool:
 
 class Upstream(SlowService):
     """A remote service: waits `latency_s` (or the latency a check set for that key), then
-    answers, or raises `UpstreamError` when it `fails` or the key is one of `fail_keys`.
+    answers, or raises `UpstreamError` when it `fails` or the key is one of `fail_keys`, or
+    `KeyError` (a bug in the client, not an outage) when the key is one of `bug_keys`.
 
     Every call is recorded in `calls`; `reset()` starts a new record (calls still running
     from before finish without touching it).
@@ -94,14 +98,31 @@ class Upstream(SlowService):
         super().__init__(name, latency_s=latency_s, fails=fails)
         self.latency_for: dict[str, float] = {}
         self.fail_keys: set[str] = set()
+        self.bug_keys: set[str] = set()
         self.calls: list[Call] = []
         self._lock = threading.Lock()
 
     def reset(self) -> None:
+        self.stop_leftovers()
         super().reset()
         self.latency_for = {}
         self.fail_keys = set()
+        self.bug_keys = set()
         self.calls = []
+
+    def running(self) -> list[Call]:
+        return [call for call in self.calls if call.end is None]
+
+    def stop_leftovers(self) -> int:
+        """Stop the calls still running (left behind by an answer): a check counts them first,
+        then ends them, so nothing waits on in the kernel. Returns how many there were."""
+        left = self.running()
+        for call in left:
+            if call.task is not None and not call.task.done():
+                call.task.cancel()
+            if call.stop is not None:
+                call.stop.set()
+        return len(left)
 
     def latency(self, key: str) -> float:
         return self.latency_for.get(key, self.latency_s)
@@ -118,6 +139,10 @@ class Upstream(SlowService):
 
     def _begin(self, key: str, blocking: bool = False) -> tuple[Call, list[Call]]:
         call = Call(key, time.perf_counter(), blocking=blocking)
+        if blocking:
+            call.stop = threading.Event()
+        else:
+            call.task = asyncio.current_task()
         with self._lock:
             record = self.calls
             record.append(call)
@@ -140,28 +165,31 @@ class Upstream(SlowService):
         try:
             with self.in_flight.call():
                 await asyncio.sleep(self.latency(key))
-                if self.should_fail(key):
-                    outcome = "failed"
-                    raise UpstreamError(f"{self.name} is down")
-                outcome = "ok"
-                return self.answer(key)
+                return self._respond(key, call)
         finally:
-            self._end(call, record, outcome)
+            self._end(call, record, call.outcome if call.outcome != "running" else outcome)
+
+    def _respond(self, key: str, call: Call) -> dict:
+        if self.should_fail(key) or key in self.bug_keys:
+            call.outcome = "failed"
+            if key in self.bug_keys:
+                raise KeyError("items")  # the client read a field the response did not have: a bug
+            raise UpstreamError(f"{self.name} is down")
+        call.outcome = "ok"
+        return self.answer(key)
 
     def get_blocking(self, key: str) -> dict:
         """The blocking client (think `requests.get`): holds its thread while it waits."""
         blocking_call(f"{self.name}.get_blocking()")
         call, record = self._begin(key, blocking=True)
-        outcome = "failed"
         try:
             with self.in_flight.call():
-                time.sleep(self.latency(key))
-                if self.should_fail(key):
-                    raise UpstreamError(f"{self.name} is down")
-                outcome = "ok"
-                return self.answer(key)
+                if call.stop.wait(self.latency(key)):  # stopped by a check: a call left behind
+                    call.outcome = "cancelled"
+                    raise UpstreamError(f"{self.name}: call abandoned")
+                return self._respond(key, call)
         finally:
-            self._end(call, record, outcome)
+            self._end(call, record, call.outcome if call.outcome != "running" else "failed")
 
 
 class PriceService(Upstream):
@@ -169,6 +197,13 @@ class PriceService(Upstream):
 
     def should_fail(self, key: str) -> bool:
         return key.startswith("gone-") or super().should_fail(key)
+
+
+async def stop_leftovers(*services: Upstream) -> int:
+    """Count the calls still running, stop them, and wait until they have ended."""
+    left = sum(service.stop_leftovers() for service in services)
+    await until(lambda: not any(service.running() for service in services), 1.0)
+    return left
 
 
 def peak_overlap(calls: list[Call]) -> int:
@@ -186,7 +221,6 @@ def peak_overlap(calls: list[Call]) -> int:
 profile_api = Upstream("profile", latency_s=0.1)
 orders_api = Upstream("orders", latency_s=0.1)
 recommendations_api = Upstream("recommendations", latency_s=0.1)
-flaky_recommendations = Upstream("recommendations", latency_s=0.05, fails=True)
 ads_api = Upstream("ads", latency_s=0.05)
 prices_api = PriceService("prices", latency_s=0.05)
 mirrors = [Upstream(f"mirror-{name}", latency_s=0.1) for name in ("eu", "us", "ap")]
@@ -273,7 +307,7 @@ def _reset(*services: Upstream) -> None:
         service.reset()
 
 
-# ---- exercise 1: gather ----------------------------------------------------------------------
+# ---- exercise 1: the dashboard, and what it may hide -------------------------------------------
 
 
 def _set_dashboard_latencies(user: str, order) -> dict[str, float]:
@@ -283,25 +317,35 @@ def _set_dashboard_latencies(user: str, order) -> dict[str, float]:
     return latencies
 
 
-async def _dashboard_run(app, users, path_of):
-    """GET the dashboard for every user at once; upstream calls drawn on one timeline."""
+async def _dashboard_run(app, users, cancel_user):
+    """GET the dashboard for every user at once (upstream calls drawn on one timeline), then
+    cancel one more request mid-wait; count the calls left running, and stop them."""
     timeline = Timeline(title="upstream calls")
     for _, service in DASHBOARD:
         service.timeline = timeline
     try:
         async with serve(app, raise_app_exceptions=False) as client, BlockingWatch() as watch:
-            results = await asyncio.gather(*(_timed_get(client, path_of(user)) for user in users))
+            results = await asyncio.gather(*(_timed_get(client, f"/dashboard/{user}") for user in users))
+            # Calls the answer did not wait for end on their own (cancelled at their next step, or
+            # finished): wait for that, then count what is still running and stop it.
+            await until(lambda: not any(service.running() for _, service in DASHBOARD), 1.0)
+            cancelled = await _cancel_mid_wait(client, f"/dashboard/{cancel_user}", _dashboard_calls(cancel_user))
     finally:
         for _, service in DASHBOARD:
             service.timeline = None
-    return client, results, watch, timeline
+        left = await stop_leftovers(*(service for _, service in DASHBOARD))
+    return client, results, watch, timeline, cancelled, left
+
+
+def _dashboard_calls(user):
+    return lambda: [c for _, service in DASHBOARD for c in service.calls_for(user)]
 
 
 def _judge_overlap(report, users, results, latencies, hint: str) -> None:
     """Each request's own three calls overlap; it takes about as long as its slowest latency."""
     worst = None
     for user, (_, start, end) in zip(users, results):
-        calls = [c for _, service in DASHBOARD for c in service.calls_for(user)]
+        calls = _dashboard_calls(user)()
         took = end - start
         slowest = max(latencies[user].values())
         row = (peak_overlap(calls), took / slowest, took, user, len(calls))
@@ -319,96 +363,105 @@ def _judge_overlap(report, users, results, latencies, hint: str) -> None:
     )
 
 
-@check("Lesson 04 · /dashboard calls its three upstreams at once", limit_s=10)
-async def check_dashboard(report, app):
-    users = random.sample(USERS, 2)
-    _reset(*(service for _, service in DASHBOARD))
-    first = _random_order()
-    latencies = {users[0]: _set_dashboard_latencies(users[0], first),
-                 users[1]: _set_dashboard_latencies(users[1], _random_order(avoid=first))}
-    client, results, watch, timeline = await _dashboard_run(app, users, lambda u: f"/dashboard/{u}")
-    for user, (response, _, _) in zip(users, results):
-        if response.status_code != 200:
-            return _fail_status(report, response, client, f"/dashboard/{user}")
-    if not _judge_loop_free(report, watch):
-        return
-    for user, (response, _, _) in zip(users, results):
-        expected = {name: service.answer(user) for name, service in DASHBOARD}
-        body = json_body(response)
-        if not same_json(body, expected):
-            swapped = (isinstance(body, dict) and body.keys() == expected.keys()
-                       and sorted(map(str, body.values())) == sorted(map(str, expected.values())))
-            return report.fail(
-                "answers with the three results under their names", observed=f"GET /dashboard/{user}: {show_response(response)}",
-                expected=_short(expected),
-                hint=("The right answers under the wrong names: results taken in the order they finished? "
-                      "`gather` returns them in the order of its arguments." if swapped else
-                      "Return a JSON object with exactly the keys profile, orders and recommendations, each holding "
-                      "what that upstream returned for the user."))
-    report.add("answers with the three results under their names", True)
-    _judge_overlap(report, users, results, latencies,
-                   "Independent awaits can run at once: `asyncio.gather` takes awaitables and returns their "
-                   "results in order.")
-    report.figure("Your upstream calls: overlapping bars ran at once", timeline._repr_png_)
-    report.metrics["in_requests_s"] = max(end for _, _, end in results) - min(start for _, start, _ in results)
-
-
-# ---- exercise 2: partial failure ---------------------------------------------------------------
-
-
-FAILURE_CASES = [("recommendations",), ("profile",), ("orders", "recommendations"), ()]
+# Each request of the check is one situation; the extras may fail, the profile may not.
+PAGE_CASES = {"ok": (), "one extra down": ("recommendations",), "both extras down": ("orders", "recommendations")}
+PROFILE_DOWN, BUG, CANCELLED = "profile down", "a bug in recommendations", "cancelled"
 
 
 def _failure_words(failing) -> str:
     return " and ".join(failing) + (" fail" if len(failing) > 1 else " fails") if failing else "nothing fails"
 
 
-@check("Lesson 04 · /dashboard survives a failing upstream", limit_s=10)
-async def check_partial_failure(report, app):
-    users = random.sample(USERS, len(FAILURE_CASES))
-    cases = dict(zip(users, FAILURE_CASES))
+def _raised(client, user):
+    errors = client.errors_for(f"/dashboard/{user}")
+    return errors[-1].exception if errors else None
+
+
+def _flat(exc) -> list[BaseException]:
+    """The exceptions inside an exception (group), flattened."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _flat(inner)]
+    return [exc] if exc is not None else []
+
+
+@check("Lesson 04 · /dashboard: calls at once, hides an extra's outage, nothing else", limit_s=15)
+async def check_dashboard(report, app):
+    users = random.sample(USERS, len(PAGE_CASES) + 3)
+    case_of = dict(zip(users, [*PAGE_CASES, PROFILE_DOWN, BUG, CANCELLED]))
+    user_for = {case: user for user, case in case_of.items()}
     _reset(*(service for _, service in DASHBOARD))
     latencies = {}
-    for index, user in enumerate(users):
-        latencies[user] = _set_dashboard_latencies(user, _random_order() if index == 0 else random.choice(
-            list(itertools.permutations(range(3)))))
+    for index, (user, case) in enumerate(case_of.items()):
+        order = _random_order() if index == 0 else random.choice(list(itertools.permutations(range(3))))
+        latencies[user] = _set_dashboard_latencies(user, order)
         for name, service in DASHBOARD:
-            if name in cases[user]:
+            if name in PAGE_CASES.get(case, ()):
                 service.fail_keys.add(user)
-    client, results, watch, timeline = await _dashboard_run(app, users, lambda u: f"/dashboard/{u}")
-    for user, (response, _, _) in zip(users, results):
+    # The profile fails fast while the extras are slow: what happens to them is plain to count.
+    profile_down = user_for[PROFILE_DOWN]
+    profile_api.fail_keys.add(profile_down)
+    profile_api.latency_for[profile_down] = random.uniform(0.03, 0.05)
+    orders_api.latency_for[profile_down] = random.uniform(0.3, 0.4)
+    recommendations_api.latency_for[profile_down] = random.uniform(0.3, 0.4)
+    recommendations_api.bug_keys.add(user_for[BUG])
+    for _, service in DASHBOARD:  # the request the check cancels: every call still waiting
+        service.latency_for[user_for[CANCELLED]] = random.uniform(0.6, 0.9)
+    client, results, watch, timeline, cancelled, left = await _dashboard_run(app, users[:-1], users[-1])
+    response_of = {user: result for user, result in zip(users, results)}
+    page_users = [user_for[case] for case in PAGE_CASES]
+    for user in page_users:
+        response = response_of[user][0]
         if response.status_code != 200:
-            errors = client.errors_for(f"/dashboard/{user}")
-            raised = errors[-1].exception if errors else None
-            if isinstance(raised, BaseExceptionGroup):
-                hint = ("A TaskGroup cancels the rest and raises when one child fails: here the page must live on. "
-                        "Catch the failure inside each child, or use `gather(..., return_exceptions=True)`.")
-            elif isinstance(raised, UpstreamError) and cases[user] and cases[user] != ("recommendations",):
-                hint = ("Any of the three upstreams may fail, not only recommendations: handle a failure of each call "
-                        "(`gather(..., return_exceptions=True)` hands you every exception as a result).")
-            elif isinstance(raised, UpstreamError):
-                hint = ("One failing upstream should not fail the page: `gather(..., return_exceptions=True)` hands "
-                        "you the exception as a result, to turn into an error marker.")
-            else:
-                hint = status_hint(response, "GET", "/dashboard/{user}", client)
-            return report.fail(f"GET /dashboard/{{user}} answers 200 when {_failure_words(cases[user])}",
-                               observed=show_response(response, client), expected="200 with the other results", hint=hint)
-    report.add("answers 200 whichever upstreams fail", True)
+            return report.fail(f"GET /dashboard/{{user}} answers 200 when {_failure_words(PAGE_CASES[case_of[user]])}",
+                               observed=show_response(response, client), expected="200 with what arrived",
+                               hint=_page_hint(_raised(client, user), response, client, case_of[user]))
+    report.add("answers 200 when nothing fails, or only extras fail", True)
     if not _judge_loop_free(report, watch):
         return
-    for user, (response, _, _) in zip(users, results):
-        body = json_body(response)
-        problem = _partial_problem(body, user, cases[user])
+    for user in page_users:
+        problem = _partial_problem(json_body(response_of[user][0]), user, PAGE_CASES[case_of[user]])
         if problem:
             observed, hint = problem
             return report.fail("each result, or an error marker with the message, under its name",
-                               observed=f"when {_failure_words(cases[user])}: {observed}",
-                               expected='the results that arrived, and {"error": "<the exception\'s message>"} for each failed one',
+                               observed=f"when {_failure_words(PAGE_CASES[case_of[user]])}: {observed}",
+                               expected='the results that arrived, and {"error": "<the exception\'s message>"} for each failed extra',
                                hint=hint)
     report.add("each result, or an error marker with the message, under its name", True)
-    _judge_overlap(report, users, results, latencies, "Keep the calls concurrent while handling the failure.")
+    _judge_overlap(report, page_users, [response_of[u] for u in page_users], latencies,
+                   "Independent awaits can run at once: `asyncio.gather` or a `TaskGroup` starts them together.")
+    _judge_profile_down(report, client, response_of[profile_down], profile_down)
+    _judge_bug(report, client, response_of[user_for[BUG]][0], user_for[BUG])
+    started, outcomes = cancelled
+    report.add(
+        "a dashboard cancelled while it waits cancels its calls", started and outcomes == ["cancelled"] * len(DASHBOARD),
+        observed=(f"the request was cancelled with its 3 calls running; they then ended: {', '.join(outcomes)}"
+                  if started else "the request never had its 3 calls running at once"),
+        expected="3 cancelled",
+        hint="A caller may give up (a deadline around it, a server shutting down): tasks you created yourself run "
+             "on unless something cancels them. `gather` and a `TaskGroup` cancel what they wait for.",
+    )
+    if left:
+        report.fail("nothing left running after the responses", observed=f"{left} upstream calls still running "
+                    "1 s after every response was sent (the check stopped them)", expected="none",
+                    hint="A call nobody waits for any more still holds a connection: cancel what you no longer need.")
     report.figure("Your upstream calls: overlapping bars ran at once", timeline._repr_png_)
     report.metrics["in_requests_s"] = max(end for _, _, end in results) - min(start for _, start, _ in results)
+
+
+def _page_hint(raised, response, client, case) -> str:
+    leaves = _flat(raised)
+    if response.status_code == 502:
+        return ("An extra's outage failed the whole page: catch it where that extra is awaited (inside its own "
+                "task, where a group never sees it), and keep 502 for the profile.")
+    if leaves and all(isinstance(leaf, UpstreamError) for leaf in leaves):
+        if isinstance(raised, BaseExceptionGroup):
+            return ("A TaskGroup fails as a whole when one child raises: an extra's outage must be caught inside "
+                    "its own task, where the group never sees it.")
+        if case == "both extras down":
+            return "Both extras may be down, not only recommendations: each extra's outage stays inside the page."
+        return ("An extra's outage should not fail the page: catch `UpstreamError` around that call (or take it "
+                "as a result with `return_exceptions=True`) and put the marker in its place.")
+    return status_hint(response, "GET", "/dashboard/{user}", client)
 
 
 def _partial_problem(body, user: str, failing) -> tuple[str, str] | None:
@@ -430,7 +483,66 @@ def _partial_problem(body, user: str, failing) -> tuple[str, str] | None:
     return None
 
 
-# ---- exercise 3: a deadline -----------------------------------------------------------------------
+def _judge_profile_down(report, client, result, user) -> None:
+    response, _, end = result
+    raised = _raised(client, user)
+    if response.status_code != 502:
+        profile_leaf = any(isinstance(leaf, UpstreamError) for leaf in _flat(raised))
+        hint = ("Without its profile there is no page: the outage must fail the request, not hide in a marker."
+                if response.status_code == 200 else
+                "`except*` takes the profile's `UpstreamError` out of the TaskGroup's ExceptionGroup; then raise "
+                "`HTTPException(502)`." if isinstance(raised, BaseExceptionGroup) and profile_leaf else
+                "The profile service is down: that is a bad gateway, so turn its `UpstreamError` into a 502 "
+                "(`HTTPException`)." if profile_leaf else status_hint(response, "GET", "/dashboard/{user}", client))
+        report.fail("no profile, no page: 502", observed=f"when the profile fails: {show_response(response, client)}",
+                    expected="502", hint=hint)
+        return
+    report.add("no profile, no page: 502", True)
+    extras = [c for name, service in DASHBOARD if name != "profile" for c in service.calls_for(user)]
+    outcomes = sorted(c.outcome for c in extras)
+    waited = [c for c in extras if c.outcome == "ok" and c.end <= end]
+    report.add(
+        "when the profile fails, the extras' calls are cancelled", outcomes == ["cancelled", "cancelled"],
+        observed=f"the profile failed after {profile_api.latency(user) * 1000:.0f} ms; the extras' calls then: "
+                 f"{', '.join(outcomes) or 'none'}" + (f" ({len(waited)} awaited before the 502)" if waited else ""),
+        expected="2 cancelled: their results would be thrown away",
+        hint=("The 502 waited for calls whose results it threw away: `return_exceptions=True` waits for every call; "
+              "a TaskGroup cancels the rest when one child fails." if waited else
+              "After the 502 they ran on: `gather` does not cancel the others when one fails; a TaskGroup does."
+              if "ok" in outcomes or "running" in outcomes else "Start all three calls at once, once per request."),
+    )
+
+
+def _judge_bug(report, client, response, user) -> None:
+    raised = _raised(client, user)
+    bug_seen = any(isinstance(leaf, KeyError) for leaf in _flat(raised))
+    report.add(
+        "a bug is not hidden: 500", response.status_code == 500 and bug_seen,
+        observed=f"when recommendations raises KeyError('items'): {show_response(response, client)}",
+        expected="500, from the KeyError itself: an error nobody planned for reaches the server's error handling",
+        hint=("An outage is `UpstreamError`; a KeyError is a bug, and an error marker hides it from every log: "
+              "catch the outage by name (`return_exceptions=True` and `except Exception` take everything)."
+              if response.status_code == 200 else
+              "Only the service's own outage error means \"down\": a bug reported as a bad gateway is looked for "
+              "in the wrong place. Let anything but `UpstreamError` propagate."),
+    )
+
+
+# ---- exercise 2: a deadline -----------------------------------------------------------------------
+
+ADS_HANG_S = 30.0  # "never answers": far beyond any check; the check stops what is left of it
+ADS_GIVE_UP_S = 1.2  # the check stops waiting for an answer here (a route without a deadline)
+
+
+async def _timed_get_within(client, url, limit_s: float):
+    """Like `_timed_get`, but gives up on the request after `limit_s` (response None)."""
+    start = time.perf_counter()
+    try:
+        async with asyncio.timeout(limit_s):
+            response = await client.get(url)
+    except TimeoutError:
+        response = None
+    return response, start, time.perf_counter()
 
 
 @check("Lesson 04 · /ads gives up after 0.3 s and leaves nothing running", limit_s=10)
@@ -438,12 +550,23 @@ async def check_deadline(report, app):
     quick_user, slow_user = random.sample(USERS, 2)
     ads_api.reset()
     ads_api.latency_for[quick_user] = quick = random.uniform(0.12, 0.2)
-    ads_api.latency_for[slow_user] = slow = random.uniform(1.0, 1.5)
-    async with serve(app, raise_app_exceptions=False) as client, BlockingWatch() as watch:
-        (fast, _, _), (late, late_start, late_end) = await asyncio.gather(
-            _timed_get(client, f"/ads/{quick_user}"), _timed_get(client, f"/ads/{slow_user}"))
-        # The slow call ends one way or the other: cancelled at once, or finished after its latency.
-        await until(lambda: all(c.end is not None for c in ads_api.calls), slow + 1.0)
+    ads_api.latency_for[slow_user] = ADS_HANG_S
+    try:
+        async with serve(app, raise_app_exceptions=False) as client, BlockingWatch() as watch:
+            (fast, _, _), (late, late_start, late_end) = await asyncio.gather(
+                _timed_get(client, f"/ads/{quick_user}"), _timed_get_within(client, f"/ads/{slow_user}", ADS_GIVE_UP_S))
+            # A cancelled call ends at its next step: give it a moment, then count what still runs.
+            await until(lambda: not ads_api.running(), 0.2)
+            slow_calls = ads_api.calls_for(slow_user)
+            outcomes = [c.outcome for c in slow_calls]
+    finally:
+        left = await stop_leftovers(ads_api)
+    if late is None:
+        return report.fail("a service that never answers: the answer comes at about 0.3 s, without ads",
+                           observed=f"no answer after {ADS_GIVE_UP_S * 1000:.0f} ms (the check then gave up)",
+                           expected=f'{{"ads": null}} at about {ADS_DEADLINE_S * 1000:.0f} ms',
+                           hint="A service that never answers makes the page wait for ever, unless the route "
+                                "sets itself a deadline.")
     for response, user in ((fast, quick_user), (late, slow_user)):
         if response.status_code != 200:
             return _fail_status(report, response, client, f"/ads/{user}", "GET /ads/{user} answers 200")
@@ -461,30 +584,31 @@ async def check_deadline(report, app):
     body_ok = same_json(json_body(late), {"ads": None})
     on_time = ADS_EARLIEST_S <= took <= ADS_LATEST_S
     report.add(
-        "a slow ads service: the answer comes at about 0.3 s, without ads", body_ok and on_time,
+        "a service that never answers: the answer comes at about 0.3 s, without ads", body_ok and on_time,
         observed=f"{show_response(late)} after {took * 1000:.0f} ms",
         expected=f'{{"ads": null}} between {ADS_EARLIEST_S * 1000:.0f} and {ADS_LATEST_S * 1000:.0f} ms '
-                 f"(deadline {ADS_DEADLINE_S * 1000:.0f} ms; this call needs {slow * 1000:.0f} ms)",
+                 f"(deadline {ADS_DEADLINE_S * 1000:.0f} ms)",
         hint=("`null` means no ads: not [], {} or a string." if on_time and not body_ok else
               f"Gave up after {took * 1000:.0f} ms: the deadline is 0.3 s." if took < ADS_EARLIEST_S else
-              "`async with asyncio.timeout(0.3):` around the call raises TimeoutError when time is up: catch it."),
+              "The page waited past its deadline: give up at 0.3 s."),
     )
-    slow_calls = ads_api.calls_for(slow_user)
-    outcomes = [c.outcome for c in slow_calls]
     report.add(
-        "the slow call is cancelled, not left running", outcomes == ["cancelled"],
-        observed=f"calls of the slow ads service: {', '.join(outcomes) or 'none'}",
-        expected="one call, cancelled",
-        hint=("A call in a thread (`get_blocking`) cannot be cancelled: await the async client under a timeout."
+        "the late call is cancelled, not left running", outcomes == ["cancelled"],
+        observed=f"the call to the service that never answers: {', '.join(outcomes) or 'never made'}"
+                 + (f"; {left} call(s) still running after the response (the check stopped them)" if left else ""),
+        expected="one call, cancelled when the deadline passed",
+        hint=("A call in a thread (`get_blocking`) cannot be cancelled: it holds its thread until it ends."
               if any(c.blocking for c in slow_calls) else
-              "`asyncio.wait(..., timeout=...)` and `shield` return but leave the call running; "
-              "`asyncio.timeout` cancels it." if "ok" in outcomes else
+              "Stopping to wait is not stopping the call: it ran on after the response, holding a connection, "
+              "and a service that never answers holds it for ever. Which tools cancel what they wait for?"
+              if left else
               "Call the ads service once per request." if len(outcomes) > 1 else
-              "A call in a thread (`get_blocking`) cannot be cancelled: await the async client under a timeout."),
+              "Ask the ads service (once) for every request."),
     )
 
 
-# ---- exercise 4: an app-wide bounded fan-out -------------------------------------------------------
+
+# ---- exercise 3: an app-wide bounded fan-out -------------------------------------------------------
 
 
 def _skus(n: int, prefix: str) -> list[str]:
@@ -591,7 +715,7 @@ async def _stuck(batch: asyncio.Future, service: Upstream, quiet_s: float = 1.0)
     return ""
 
 
-# ---- exercise 5: first completed ------------------------------------------------------------------------
+# ---- exercise 4: first completed ------------------------------------------------------------------------
 
 
 @check("Lesson 04 · /download takes the fastest mirror and cancels the others", limit_s=15)
@@ -620,7 +744,7 @@ async def check_first_completed(report, app):
         await until(lambda: all(c.end is not None for n in names for c in calls(n)), 1.5)
         answered = _all_ok(report, client, names, results)
         if answered:
-            cancelled_request = await _cancel_mid_wait(client, cancelled_name, calls)
+            cancelled_request = await _cancel_mid_wait(client, f"/download/{cancelled_name}", lambda: calls(cancelled_name))
     if not answered or not _judge_loop_free(report, watch):
         return
     index = max(range(len(names)), key=lambda i: (results[i][2] - results[i][1]) / second[names[i]])
@@ -695,12 +819,12 @@ def _all_ok(report, client, names, results) -> bool:
     return report.add("answers with the fastest mirror's result", True, observed=f"{len(names)} downloads at once")
 
 
-async def _cancel_mid_wait(client, name: str, calls) -> tuple[bool, list[str]]:
-    """Start a download whose mirrors are all slow, cancel the request while it waits, then
-    wait until its mirror calls have ended (cancelled now, or finished later)."""
-    request = asyncio.create_task(client.get(f"/download/{name}"))
-    started = await until(lambda: len(calls(name)) >= len(mirrors) or request.done(), 2.0)
-    started = started and len(calls(name)) >= len(mirrors)
+async def _cancel_mid_wait(client, path: str, calls, count: int = 3) -> tuple[bool, list[str]]:
+    """Start a request whose `count` upstream calls are all slow, cancel it while it waits, then
+    wait until those calls have ended (cancelled now, or finished later)."""
+    request = asyncio.create_task(client.get(path))
+    started = await until(lambda: len(calls()) >= count or request.done(), 2.0)
+    started = started and len(calls()) >= count
     request.cancel()
     try:
         await request
@@ -708,11 +832,11 @@ async def _cancel_mid_wait(client, name: str, calls) -> tuple[bool, list[str]]:
         pass
     if not started:
         return False, []
-    await until(lambda: all(c.end is not None for c in calls(name)), 1.5)
-    return True, sorted(c.outcome for c in calls(name))
+    await until(lambda: all(c.end is not None for c in calls()), 1.5)
+    return True, sorted(c.outcome for c in calls())
 
 
-# ---- exercise 6: one session per task ------------------------------------------------------------
+# ---- exercise 5: one session per task ------------------------------------------------------------
 
 
 class Base(DeclarativeBase):
@@ -733,6 +857,16 @@ class _Sessions:
         self.opened = self.closed = 0
         self.in_transaction: set[int] = set()
         self.peak_transactions = 0
+        self.refused: set[str] = set()  # pages whose flush the database refuses
+
+    @property
+    def open_now(self) -> int:
+        return self.opened - self.closed
+
+
+def _refused(page: str) -> IntegrityError:
+    return IntegrityError("INSERT INTO visits (page) VALUES (?)", (page,),
+                          sqlite3.IntegrityError("FOREIGN KEY constraint failed"))
 
 
 def _counting_session_classes(counts: _Sessions):
@@ -749,6 +883,12 @@ def _counting_session_classes(counts: _Sessions):
     def ended(session, *args):
         counts.in_transaction.discard(id(session))
 
+    @event.listens_for(CountedSync, "before_flush")
+    def refuse(session, flush_context, instances):
+        # The database refuses a visit whose page was deleted meanwhile: a foreign key, here simulated.
+        for page in sorted({obj.page for obj in session.new if isinstance(obj, Visit)} & counts.refused):
+            raise _refused(page)
+
     class Counted(AsyncSession):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
@@ -764,12 +904,30 @@ def _counting_session_classes(counts: _Sessions):
     return Counted, CountedSync
 
 
-@check("Lesson 04 · record_visits: concurrent writes, one session per task", limit_s=15)
+def _one_line(exc: BaseException) -> str:
+    """An exception (group) in one short line: its type and the first line of its message."""
+    if isinstance(exc, BaseExceptionGroup):
+        inner = ", ".join(dict.fromkeys(type(leaf).__name__ for leaf in _flat(exc)))
+        return f"{type(exc).__name__} of {inner}: {_one_line(_flat(exc)[0]).split(': ', 1)[-1]}"
+    return _short(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", 120)
+
+
+def _pages_returned(result) -> list[str] | None:
+    """The pages an answer returned as not stored, in any order; None if it is not a collection of str."""
+    if isinstance(result, (list, tuple, set, frozenset)) and all(isinstance(page, str) for page in result):
+        return sorted(result)
+    return None
+
+
+@check("Lesson 04 · record_visits: one session per task, one refusal loses nothing else", limit_s=15)
 async def check_one_session_per_task(report, record_visits):
-    pages = [f"/page/{random.randint(100, 999)}-{i}" for i in range(6)]
+    pages = [f"/page/{random.randint(100, 999)}-{i}" for i in range(7)]
+    refused = random.choice(pages)  # any of them: an answer cannot know which in advance
     counts = _Sessions()
+    counts.refused = {refused}
     folder = tempfile.mkdtemp(prefix="course-lesson04-")
     engine = create_async_engine(f"sqlite+aiosqlite:///{os.path.join(folder, 'visits.db')}")
+    raised = result = None
     try:
         async with engine.begin() as connection:
             await connection.run_sync(Base.metadata.create_all)
@@ -777,27 +935,60 @@ async def check_one_session_per_task(report, record_visits):
         sessions = async_sessionmaker(engine, class_=session_class, sync_session_class=sync_class, expire_on_commit=False)
         async with BlockingWatch() as watch:
             try:
-                await record_visits(sessions, pages)
-            except InvalidRequestError as exc:
-                report.fail("each task has its own session", observed=describe_exception(exc),
-                            hint="One AsyncSession runs one operation at a time: open a session inside each task "
-                                 "(`async with sessions() as session:`).")
-                return
+                result = await record_visits(sessions, list(pages))
+            except Exception as exc:  # noqa: BLE001  (judged below: what it raised, and what it left open)
+                raised = exc
+            open_at_return = counts.open_now
+            # Tasks left running still write: let them end before the database goes away.
+            for _ in range(100):
+                if not counts.open_now:
+                    break
+                await asyncio.sleep(0.01)
         async with engine.connect() as connection:
             stored = sorted(await connection.scalars(select(Visit.page)))
     finally:
         await engine.dispose()
         shutil.rmtree(folder, ignore_errors=True)
+    left = f"; {open_at_return} session(s) still open when it returned" if open_at_return else ""
+    # Judged by the count, not by which error came first: a shared session meets the refusal or
+    # its own concurrent use first, by scheduling.
+    if raised is not None and (counts.opened < len(pages) or any(
+            isinstance(leaf, InvalidRequestError) and not isinstance(leaf, IntegrityError) for leaf in _flat(raised))):
+        return report.fail("each task has its own session",
+                           observed=f"raised {_one_line(raised)}; {counts.opened} session(s) for {len(pages)} pages",
+                           expected="no error: each task writes through a session of its own",
+                           hint="One AsyncSession runs one operation at a time: open a session inside each task.")
+    if raised is not None:
+        return report.fail(
+            "one refused visit does not fail the call", observed="raised " + _one_line(raised) + left,
+            expected=f"record_visits returns, with the {len(pages) - 1} others stored",
+            hint=("A TaskGroup cancels every other write when one fails: here the visits do not depend on each other."
+                  if isinstance(raised, BaseExceptionGroup) else
+                  "The visits are independent: one write's failure is that write's, and the others go on. Which way "
+                  "of waiting for them all hands you each failure instead of raising the first?"))
     if not _judge_loop_free(report, watch):
         return
-    report.add("every visit is stored", stored == sorted(pages), observed=f"{len(stored)} of {len(pages)} pages stored",
-               expected=f"all {len(pages)}", hint="Commit each task's session: what is not committed is rolled back at close.")
+    others = sorted(set(pages) - {refused})
+    report.add("every other visit is stored", stored == others,
+               observed=f"{len(set(stored) & set(others))} of the {len(others)} others stored",
+               expected=f"all {len(others)}",
+               hint=("Commit each task's session: what is not committed is rolled back at close." if not stored else
+                     "Some writes were cancelled or never made: the visits are independent, and a TaskGroup cancels "
+                     "the others when one fails."))
+    returned = _pages_returned(result)
+    report.add("returns the pages it could not store", returned == [refused],
+               observed=f"returned {_short(repr(result), 100)}; the database refused {refused}",
+               expected=f"[{refused!r}]: a refusal must not be hidden",
+               hint="Keep what each task's failure was, with its page: the caller decides what to do with the pages "
+                    "that were refused.")
     report.add(
         "one session per task, writing at the same time", counts.opened == len(pages) and counts.peak_transactions >= 2,
         observed=f"sessions opened: {counts.opened}; at most {counts.peak_transactions} transactions open at once",
         expected=f"{len(pages)} sessions, at least 2 transactions at once",
-        hint=("Each task opens its own session; `gather` the tasks so they run together." if counts.opened == len(pages)
-              else "One session per page, opened inside the task that writes it."),
+        hint=("Each task opens its own session; start the tasks together so they run at once."
+              if counts.opened == len(pages) else "One session per page, opened inside the task that writes it."),
     )
-    report.add("every session is closed", counts.closed == counts.opened, observed=f"closed {counts.closed} of {counts.opened}",
-               expected="all", hint="`async with sessions() as session:` closes it whatever happens.")
+    report.add("every session is closed when record_visits returns", not open_at_return and counts.closed == counts.opened,
+               observed=f"{counts.opened - open_at_return} of {counts.opened} closed when it returned",
+               expected="all", hint="A session is closed by `async with sessions() as session:`, and only once its task "
+                                    "has ended: wait for every task before returning.")
