@@ -13,6 +13,7 @@ turned it into a 500, so a check can tell the learner what raised where.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import sys
 import traceback
@@ -90,7 +91,15 @@ def _recording(app, errors: list[AppError]):
             # would show up in every concurrent one.
             scope["state"] = dict(scope.get("state") or {})
         try:
-            await app(scope, receive, send)
+            if scope["type"] == "http":
+                # Each request in a task of its own, as a server runs it: a ContextVar the app sets
+                # stays in that request (ASGITransport alone runs it in the caller's task, so it
+                # leaked into the notebook cell and into the next request). Awaiting the task
+                # passes a cancellation of the caller on to it.
+                await asyncio.get_running_loop().create_task(app(scope, receive, send),
+                                                             context=contextvars.copy_context())
+            else:
+                await app(scope, receive, send)
         except BaseException as exc:
             if scope["type"] == "http":
                 errors.append(AppError(scope.get("method", "?"), scope.get("path", "?"), exc))

@@ -177,3 +177,26 @@ def test_warnings_left_by_an_earlier_attempt_do_not_surface_in_the_next_check(re
         gc.enable()
     assert report.passed
     assert not [text for text in seen if "never awaited" in text]
+
+
+async def test_a_context_variable_set_by_one_request_stays_in_that_request():
+    """As under a server: each request runs in a task of its own, so what a route sets in a
+    ContextVar reaches neither the next request nor the caller (the notebook cell)."""
+    import contextvars
+
+    who = contextvars.ContextVar("who", default="nobody")
+    app = FastAPI()
+
+    @app.get("/set")
+    async def set_it() -> dict:
+        who.set("ada")
+        return {"who": who.get()}
+
+    @app.get("/get")
+    async def get_it() -> dict:
+        return {"who": who.get()}
+
+    async with serve(app) as client:
+        assert (await client.get("/set")).json() == {"who": "ada"}
+        assert (await client.get("/get")).json() == {"who": "nobody"}
+    assert who.get() == "nobody"
