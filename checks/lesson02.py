@@ -1,5 +1,5 @@
 """Lesson 02, dependencies: a session per request on real SQLite, a dependency chain,
-per-request caching and overrides.
+a session of its own where a record must outlive the request's transaction, and overrides.
 
 The lesson's database is a real SQLite file through aiosqlite. Sessions count themselves
 (`stats`: opened, closed, which session flushed), so a check can see a session left open or
@@ -10,12 +10,11 @@ so an answer that hard-codes a key fails.
 
 import asyncio
 import itertools
+import weakref
 import os
 import random
 import secrets
-import string
 import tempfile
-import uuid
 from contextlib import asynccontextmanager
 from typing import Annotated
 
@@ -55,6 +54,15 @@ class Item(Base):
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
 
 
+class Attempt(Base):
+    """A record that an order was tried, kept whatever became of the order."""
+
+    __tablename__ = "attempts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(200))
+
+
 # email, name, active, admin (API keys are drawn afresh at every start)
 SEED_USERS = [
     ("ada@example.com", "Ada", True, True),
@@ -70,6 +78,7 @@ class SessionStats:
     def __init__(self) -> None:
         self._serials = itertools.count(1)
         self._closed_event: asyncio.Event | None = None
+        self.open_sessions: weakref.WeakSet = weakref.WeakSet()
         self.reset()
 
     def reset(self) -> None:
@@ -81,6 +90,15 @@ class SessionStats:
         self.closed += 1
         if self._closed_event is not None:
             self._closed_event.set()
+
+    async def close_leftovers(self) -> None:
+        """Close the sessions a learner's code left open: one holding a write keeps SQLite locked for
+        every later request, and the next check, until it is garbage-collected."""
+        for session in list(self.open_sessions):
+            try:
+                await session.close()
+            except Exception:  # a session in a broken state: it is going away anyway
+                pass
 
     async def until_closed(self, timeout: float = 0.25) -> None:
         """Wait (bounded, woken by each close) until every session opened so far is closed."""
@@ -107,6 +125,7 @@ class CountingSession(AsyncSession):
         self._counted_closed = False
         self.serial = next(stats._serials)
         stats.opened += 1
+        stats.open_sessions.add(self)
 
     async def flush(self, objects=None) -> None:
         stats.flushed_by.append(self.serial)
@@ -115,6 +134,7 @@ class CountingSession(AsyncSession):
     async def close(self) -> None:
         if not self._counted_closed:
             self._counted_closed = True
+            stats.open_sessions.discard(self)
             stats._on_close()
         await super().close()
 
@@ -166,48 +186,6 @@ def log_response_start(app, events: list):
     return logged_app
 
 
-# ---- per-request caching ------------------------------------------------------------------
-
-TENANTS = {"acme": {"plan": "pro", "quota": 1000}, "globex": {"plan": "free", "quota": 10},
-           "initech": {"plan": "team", "quota": 250}}
-UNKNOWN_TENANT = {"plan": "none", "quota": 0}
-
-
-class Lookups:
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.calls = 0
-        self.tags: list[str] = []  # the check's tag of the request each call served
-
-
-tenant_lookups = Lookups()
-
-
-async def load_tenant(request: Request) -> dict:
-    """An expensive lookup (think: a database or a remote call), counted."""
-    tenant_lookups.calls += 1
-    tenant_lookups.tags.append(request.headers.get("x-check-tag", ""))
-    await asyncio.sleep(random.uniform(0.001, 0.008))
-    return dict(TENANTS.get(request.headers.get("x-tenant", ""), UNKNOWN_TENANT))
-
-
-class IssuedIds:
-    def __init__(self) -> None:
-        self.issued: list[str] = []
-
-
-request_ids = IssuedIds()
-
-
-async def new_request_id() -> str:
-    """A fresh id each call (recorded, so the check knows which ids it handed out)."""
-    value = uuid.uuid4().hex
-    request_ids.issued.append(value)
-    return value
-
-
 # ---- the course's own chain, for the overrides check ----------------------------------------
 
 def course_chain(get_current_user):
@@ -253,6 +231,13 @@ SWALLOWED_HINT = ("The route's exception vanished inside get_session: after roll
 
 @check("Lesson 02 · get_session: one session per request, committed or rolled back before the response", limit_s=20)
 async def check_sessions(report, items_app, SessionDep=None):
+    try:
+        await _check_sessions(report, items_app, SessionDep)
+    finally:
+        await stats.close_leftovers()
+
+
+async def _check_sessions(report, items_app, SessionDep):
     scope, found = _scope_of(SessionDep)
     if not found:
         report.fail("SessionDep is Annotated[AsyncSession, Depends(get_session, ...)]",
@@ -263,11 +248,25 @@ async def check_sessions(report, items_app, SessionDep=None):
     stats.reset()
     left_open: list[str] = []
 
-    async def closed_after(phase: str) -> None:
+    async def closed_after(phase: str) -> bool:
+        """True when this phase closed every session it opened."""
         await stats.until_closed()
-        if stats.closed < stats.opened:
+        closed = stats.closed >= stats.opened
+        if not closed:
             left_open.append(f"{phase}: {stats.opened - stats.closed} of {stats.opened}")
         stats.reset()
+        return closed
+
+    def report_closing() -> None:
+        only_errors = left_open and all("succeeded" not in p and "concurrent" not in p for p in left_open)
+        report.add(
+            "every session is closed, whatever happened", not left_open,
+            observed="sessions left open " + "; ".join(left_open) if left_open else "",
+            expected="as many closed as opened, in each case",
+            hint=("Sessions stay open when an exception passes through: `async with` (or `finally`) closes them on "
+                  "every path." if only_errors else "Open the session with `async with`, so it is closed whatever "
+                  "happens."),
+        )
 
     title = f"notebook-{random.randint(1000, 9999)}"
     async with serve(app, raise_app_exceptions=False) as client:
@@ -309,7 +308,8 @@ async def check_sessions(report, items_app, SessionDep=None):
             expected="500 from the route's RuntimeError, and no row",
             hint=hint,
         )
-        await closed_after("after a route that raised")
+        if not await closed_after("after a route that raised"):
+            return report_closing()  # an open session holds SQLite's write lock
 
         # 3. the route refuses with an HTTPException
         refused_title = title + "-refused"
@@ -332,7 +332,23 @@ async def check_sessions(report, items_app, SessionDep=None):
             expected='402 {"detail": "payment refused"}, and no row',
             hint=hint,
         )
-        await closed_after("after a route that raised HTTPException")
+        if not await closed_after("after a route that raised HTTPException"):
+            return report_closing()  # an open session holds SQLite's write lock
+
+        # 3b. a read for an item that does not exist: the route raises before anything is written
+        missing = random.randint(10**6, 10**7)
+        before = len(client.app_errors)
+        response = await client.get(f"/items/{missing}")
+        errors = _new_errors(client, before)
+        report.add(
+            "a request for a missing item answers 404, and its session is cleaned up",
+            response.status_code == 404 and json_body(response) == {"detail": "No such item"},
+            observed=f"GET /items/{missing} answered {show_response(response, client)}",
+            expected='404 {"detail": "No such item"}',
+            hint=SWALLOWED_HINT if _swallowed(errors) else
+            "Let the route's HTTPException through get_session unchanged: roll back, then a bare `raise`.",
+        )
+        await closed_after("after a request for a missing item")
 
         # 4. the commit fails
         email = f"dee{random.randint(100, 999)}@example.com"
@@ -366,7 +382,8 @@ async def check_sessions(report, items_app, SessionDep=None):
             expected="201, then 409 (the unique email), 1 user",
             hint=hint,
         )
-        await closed_after("after a commit that failed")
+        if not await closed_after("after a commit that failed"):
+            return report_closing()  # an open session holds SQLite's write lock
 
         # 5. concurrent requests
         titles = [f"{title}-c{i}" for i in range(CONCURRENT_REQUESTS)]
@@ -389,14 +406,7 @@ async def check_sessions(report, items_app, SessionDep=None):
                   "requests that run at once is used by two of them at the same time, which it does not allow."),
         )
         await closed_after(f"after {CONCURRENT_REQUESTS} concurrent requests")
-    only_errors = left_open and all("succeeded" not in phase and "concurrent" not in phase for phase in left_open)
-    report.add(
-        "every session is closed, whatever happened", not left_open,
-        observed="sessions left open " + "; ".join(left_open) if left_open else "",
-        expected="as many closed as opened, in each case",
-        hint=("Sessions stay open when an exception passes through: `async with` (or `finally`) closes them on every "
-              "path." if only_errors else "Open the session with `async with`, so it is closed whatever happens."),
-    )
+    report_closing()
 
 
 # ---- exercise 2: current user → active user → admin ------------------------------------------
@@ -470,9 +480,14 @@ async def check_auth(report, auth_app, ActiveUser=None, AdminUser=None):
             if response.status_code >= 500:
                 errors = client.errors_for(path)
                 unfinished = bool(errors) and isinstance(errors[-1].exception, NotImplementedError)
-                hostile_input = expected == 401 and not unfinished and headers
+                hostile_input = expected == 401 and not unfinished and headers and not (
+                    errors and "'NoneType' object has no attribute" in str(errors[-1].exception))
+                raised = describe_exception(errors[-1].exception) if errors else ""
+                lost_return = "'NoneType' object has no attribute" in raised
                 report.fail(name, observed=show_response(response, client), expected=str(expected),
-                            hint=(hint + " (Your code crashed on this header.)" if hostile_input
+                            hint=("A dependency of the chain handed on None: each one must `return` the user it "
+                                  "checked, or the next link (and the route) gets None." if lost_return else
+                                  hint + " (Your code crashed on this header.)" if hostile_input
                                   else status_hint(response, "GET", path, client)))
                 if not hostile_input:  # broken code, not a malformed header: one report of it is enough
                     return
@@ -493,92 +508,117 @@ async def check_auth(report, auth_app, ActiveUser=None, AdminUser=None):
                 report.fail(name, observed=show_response(response), expected=str(bob),
                             hint="/me returns the user the key belongs to.")
                 continue
-            if path == stats_path and expected == 200 and not (
-                    isinstance(body, dict) and type(body.get("users")) is int and body["users"] == len(SEED_USERS)):
-                report.fail(name, observed=show_response(response), expected=f'{{"users": {len(SEED_USERS)}}}',
-                            hint="An active admin gets the stats: get_admin returns the user it was given.")
+            wanted = {"users": len(SEED_USERS), "asked_by": SEED_USERS[0][0]}
+            if path == stats_path and expected == 200 and body != wanted:
+                report.fail(name, observed=show_response(response), expected=str(wanted),
+                            hint="The stats name the admin who asked: get_admin returns the user it was given.")
                 continue
             report.add(name, True)
 
 
-# ---- exercise 3: per-request caching -----------------------------------------------------------
+# ---- exercise 3: which dependencies share the request's session -------------------------------
 
-@check("Lesson 02 · one lookup per request, fresh ids where asked", limit_s=10)
-async def check_caching(report, usage_app):
-    tenant_lookups.reset()
-    request_ids.issued.clear()
-    app = usage_app()
-    unknown = "".join(random.choices(string.ascii_lowercase, k=8))
-    names = [random.choice(sorted(TENANTS)), unknown] + random.sample(sorted(TENANTS), len(TENANTS)) + [unknown]
-    tags = [uuid.uuid4().hex[:8] for _ in names]
+CONCURRENT_ORDERS = 4
 
-    def expected_for(tenant: str) -> dict:
-        return TENANTS.get(tenant, UNKNOWN_TENANT)
 
+async def _order_rows(title: str) -> dict:
+    async with database() as db:
+        return {
+            "order": await db.scalar(select(func.count()).select_from(Item).where(Item.title == title)),
+            "hold": await db.scalar(select(func.count()).select_from(Item).where(Item.title == f"hold: {title}")),
+            "attempt": await db.scalar(select(func.count()).select_from(Attempt).where(Attempt.title == title)),
+        }
+
+
+def _rows_text(rows: dict) -> str:
+    return ", ".join(f"{what} {count}" for what, count in rows.items())
+
+
+ATTEMPT_SHARED_HINT = ("The attempt was written through the request's session, so the refusal rolled it back with "
+                       "the order. Within a request, every dependency that asks for the same dependency the same way "
+                       "gets the same value: this one needs a session of its own.")
+ATTEMPT_UNCOMMITTED_HINT = ("The attempt had a session of its own, but was not committed before the route failed: "
+                            "the route's exception reaches every yield dependency, and a session that sees it rolls "
+                            "back. Commit the attempt before the route runs.")
+
+
+@check("Lesson 02 · a record that outlives the request's transaction: share the session, or not?", limit_s=15)
+async def check_attempts(report, orders_app, record_attempt=None, SessionDep=None):
+    try:
+        await _check_attempts(report, orders_app, record_attempt, SessionDep)
+    finally:
+        await stats.close_leftovers()
+
+
+async def _check_attempts(report, orders_app, record_attempt, SessionDep):
+    app = orders_app(SessionDep, record_attempt)
+    stats.reset()
+    title = f"order-{random.randint(1000, 9999)}"
     async with serve(app, raise_app_exceptions=False) as client:
-        async def get(tenant, tag):
-            return await client.get("/usage", headers={"X-Tenant": tenant, "X-Check-Tag": tag})
+        ok = await client.post("/orders", json={"title": title})
+        if ok.status_code != 201:
+            locked = "database is locked" in show_response(ok, client)
+            report.fail("POST /orders answers 201", observed=show_response(ok, client), expected="201",
+                        hint=("Two sessions of one request wrote at once, and SQLite lets one transaction write at a "
+                              "time: the attempt's session was still open when the order's wrote (or the other way "
+                              "round). Commit the attempt's session before the route runs." if locked
+                              else status_hint(ok, "POST", "/orders", client)))
+            return
+        rows = await _order_rows(title)
+        report.add(
+            "an order that is paid: the order, its hold and one attempt are saved",
+            rows == {"order": 1, "hold": 1, "attempt": 1},
+            observed=f"rows afterwards: {_rows_text(rows)}", expected="order 1, hold 1, attempt 1",
+            hint=("record_attempt must write an Attempt row to the database, once per request." if rows["attempt"] != 1
+                  else "The order itself was not saved: leave the route's session to get_session."),
+        )
+        await stats.until_closed()
+        sessions = stats.opened  # read for the hints: one session means the attempt shared the request's
 
-        # two one after the other, then the rest at once
-        responses = [await get(names[0], tags[0]), await get(names[1], tags[1])]
-        responses += await asyncio.gather(*(get(n, t) for n, t in zip(names[2:], tags[2:])))
-    first = next((r for r in responses if r.status_code != 200), None)
-    if first is not None:
-        report.fail("GET /usage answers 200", observed=show_response(first, client), expected="200",
-                    hint=status_hint(first, "GET", "/usage", client))
-        return
-    bodies = [json_body(r) if isinstance(json_body(r), dict) else {} for r in responses]
+        refused = f"{title}-refused"
+        before = len(client.app_errors)
+        response = await client.post("/orders", params={"pay": "refused"}, json={"title": refused})
+        errors = _new_errors(client, before)
+        rows = await _order_rows(refused)
+        shared = sessions < 2
+        if response.status_code != 402 or json_body(response) != {"detail": "payment refused"}:
+            hint = (SWALLOWED_HINT if _swallowed(errors) else
+                    "The refusal must reach the client unchanged (402): let the route's exception through.")
+        elif rows["hold"] or rows["order"]:
+            hint = ("The hold of a refused order was saved: committing the request's session from record_attempt "
+                    "commits whatever else was in it. Give the attempt a session of its own, and commit that one.")
+        elif rows["attempt"] != 1:
+            hint = ATTEMPT_SHARED_HINT if shared else ATTEMPT_UNCOMMITTED_HINT
+        else:
+            hint = ""
+        report.add(
+            "a refused order: 402, no order and no hold, and still one attempt",
+            response.status_code == 402 and json_body(response) == {"detail": "payment refused"}
+            and rows == {"order": 0, "hold": 0, "attempt": 1},
+            observed=f"POST /orders?pay=refused answered {show_response(response, client)}; rows: {_rows_text(rows)}",
+            expected='402 {"detail": "payment refused"}; order 0, hold 0, attempt 1',
+            hint=hint,
+        )
 
-    wrong = [(n, b) for n, b in zip(names, bodies)
-             if not (b.get("plan") == expected_for(n)["plan"] and type(b.get("quota")) is int
-                     and b.get("quota") == expected_for(n)["quota"])]
-    report.add(
-        f"plan and quota come from each request's tenant ({len(names)} requests, 2 of them unknown tenants)", not wrong,
-        observed=f"X-Tenant {wrong[0][0]!r} → {wrong[0][1]}" if wrong else "",
-        expected=(f"X-Tenant {wrong[0][0]!r} → plan {expected_for(wrong[0][0])['plan']!r}, quota "
-                  f"{expected_for(wrong[0][0])['quota']} (an int)" if wrong else ""),
-        hint="get_plan and get_quota both take the tenant that load_tenant returns, and return its plan and its quota.",
-    )
-
-    per_request = [tenant_lookups.tags.count(tag) for tag in tags]
-    more = [c for c in per_request if c > 1]
-    none = [c for c in per_request if c == 0]
-    if more:
-        hint = ("FastAPI calls a dependency once per request and shares its value with every dependency that needs it "
-                "— unless told otherwise, or unless you call the function yourself instead of declaring it.")
-    else:
-        hint = ("A request whose tenant was not looked up used a value kept from another request: a cache that "
-                "outlives the request. FastAPI's own cache lasts exactly one request.")
-    report.add(
-        "load_tenant runs exactly once in each request", not more and not none,
-        observed=f"lookups per request: {per_request}", expected=f"{[1] * len(tags)}", hint=hint,
-    )
-
-    ids = [b.get("ids") for b in bodies]
-    shaped = all(isinstance(i, list) and len(i) == 2 and all(isinstance(x, str) for x in i) for i in ids)
-    if not shaped:
-        report.fail("each response has two ids", observed=f"ids: {ids[0]!r}", expected='"ids": ["<id>", "<id>"]',
-                    hint="Answer two values of new_request_id under `ids`.")
-        return
-    flat = [x for pair in ids for x in pair]
-    not_issued = [x for x in flat if x not in request_ids.issued]
-    same_pair = [pair for pair in ids if pair[0] == pair[1]]
-    reused = len(set(flat)) < len(flat) and not same_pair
-    if not_issued:
-        hint = "Take both ids from new_request_id, declared as a dependency, not from somewhere else."
-    elif same_pair:
-        hint = "Asking for the same dependency twice gives the cached value twice. `Depends` has a switch for that."
-    else:
-        hint = "An id made once and kept is the same in every request: each request must get new ones."
-    report.add(
-        "two different ids of new_request_id in each response, new in every request",
-        not not_issued and not same_pair and not reused,
-        observed=(f"an id new_request_id never issued: {not_issued[0]!r}" if not_issued
-                  else f"ids: {same_pair[0]}" if same_pair
-                  else f"the same id in two requests ({len(flat) - len(set(flat))} repeats)" if reused else ""),
-        expected="two different ids, both from new_request_id, in each response",
-        hint=hint,
-    )
+        titles = [f"{title}-c{i}" for i in range(CONCURRENT_ORDERS)]
+        responses = await asyncio.gather(*(client.post("/orders", json={"title": t}) for t in titles))
+        counts = [await _order_rows(t) for t in titles]
+        codes = sorted({r.status_code for r in responses})
+        report.add(
+            f"{CONCURRENT_ORDERS} orders at once: each saved with its attempt",
+            codes == [201] and all(c == {"order": 1, "hold": 1, "attempt": 1} for c in counts),
+            observed=f"statuses {codes}; attempts per order {[c['attempt'] for c in counts]}",
+            expected="all 201, one attempt each",
+            hint="A session for the attempt must be new in each request (opened at each call), never one kept between "
+                 "requests.",
+        )
+        await stats.until_closed()
+        report.add(
+            "every session is closed", stats.closed == stats.opened,
+            observed=f"{stats.opened - stats.closed} of {stats.opened} left open" if stats.closed < stats.opened else "",
+            expected="as many closed as opened",
+            hint="Open the attempt's session with `async with` (or ask get_session for it), so it is closed.",
+        )
 
 
 # ---- exercise 4: overrides ---------------------------------------------------------------------

@@ -9,14 +9,14 @@ from typing import Annotated
 from unittest import mock
 
 import pytest
-from fastapi import Depends, Header, HTTPException, Request, Security
+from fastapi import BackgroundTasks, Depends, Header, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from checks.lesson02 import (
-    User, check_auth, check_caching, check_overrides, check_sessions, load_tenant, new_request_id,
+    User, check_attempts, check_auth, check_overrides, check_sessions,
 )
 from conftest import assert_feedback_rules, failure_text, names, notebook_namespace
 
@@ -116,6 +116,13 @@ async def session_turns_errors_into_500(request: Request):
             raise HTTPException(500, "database error")
 
 
+async def session_cleanup_not_in_finally(request: Request):
+    session = request.state.sessionmaker()
+    yield session  # a raising route throws here: nothing below runs
+    await session.commit()
+    await session.close()
+
+
 async def session_no_commit(request: Request):
     async with request.state.sessionmaker() as session:
         yield session  # closing discards everything
@@ -177,6 +184,8 @@ SESSIONS_WRONG = {
     "one session shared by all requests": (lambda: session_dep(shared_session()), "8 concurrent requests get 8 sessions",
                                            "One AsyncSession per request"),
     "no commit": (lambda: session_dep(session_no_commit), "a request that succeeds is committed", "commit"),
+    "clean-up after yield, not in finally": (lambda: session_dep(session_cleanup_not_in_finally),
+                                             "every session is closed", "async with"),
     "a Depends, not an Annotated alias": (lambda: Depends(session_try_except, scope="function"),
                                           "SessionDep is Annotated", "Annotated[AsyncSession"),
 }
@@ -193,6 +202,15 @@ async def test_sessions_default_scope_says_the_commit_came_after_the_response():
     report = await sessions_report(session_try_except, None)
     assert names(report) == [LATE + ", before the response"], report.text()
     assert "'response already started'" in report.failures[0].observed
+
+
+async def test_sessions_a_leaked_session_stops_the_check_at_once():
+    """Clean-up that a raising route skips leaves a session holding SQLite's write lock: the check says so at
+    once, instead of running into 'database is locked' (5 s each) and its time limit."""
+    report = await sessions_report(session_cleanup_not_in_finally)
+    assert names(report)[-1] == "every session is closed, whatever happened", report.text()
+    assert "after a route that raised: 1 of 1" in report.failures[-1].observed
+    assert report.metrics["elapsed_s"] < 5, report.metrics
 
 
 async def test_sessions_swallowed_commit_error_is_told_apart():
@@ -252,7 +270,7 @@ async def sql_from_header(session, key):
 
 
 def chain(extract=bearer_partition, lookup=exact, unknown=401, www_authenticate=True, inactive=400, not_admin=403,
-          admin_on=None, sync=False):
+          admin_on=None, sync=False, no_return=None):
     """ActiveUser and AdminUser aliases of a chain built with the given parts."""
 
     async def get_current_user(session: SessionDep, authorization: Annotated[str | None, Header()] = None,
@@ -261,7 +279,7 @@ def chain(extract=bearer_partition, lookup=exact, unknown=401, www_authenticate=
         if user is None:
             headers = {"WWW-Authenticate": "Bearer"} if www_authenticate else None
             raise HTTPException(unknown, "Not authenticated", headers=headers)
-        return user
+        return None if no_return == "current" else user
 
     if sync:
         def get_active_user(user: Annotated[User, Depends(get_current_user)]) -> User:
@@ -272,14 +290,14 @@ def chain(extract=bearer_partition, lookup=exact, unknown=401, www_authenticate=
         async def get_active_user(user: Annotated[User, Depends(get_current_user)]) -> User:
             if not user.is_active:
                 raise HTTPException(inactive, "Inactive user")
-            return user
+            return None if no_return == "active" else user
 
     base = get_current_user if admin_on == "current" else get_active_user
 
     def get_admin(user: Annotated[User, Depends(base)]) -> User:
         if not user.is_admin:
             raise HTTPException(not_admin, "Admins only")
-        return user
+        return None if no_return == "admin" else user  # None: the check's body is `if ...: raise`, no return
 
     return dict(ActiveUser=Annotated[User, Depends(get_active_user)], AdminUser=Annotated[User, Depends(get_admin)])
 
@@ -347,6 +365,9 @@ AUTH_WRONG = {
                                   "Never build SQL"),
     "admin check skips the active check": (dict(admin_on="current"), "GET /admin/stats with an inactive admin's key",
                                            "builds on the active-user check"),
+    "get_current_user forgets to return": (dict(no_return="current"), "GET /me with an active user's bearer", "`return`"),
+    "get_active_user forgets to return": (dict(no_return="active"), "GET /me with an active user's bearer", "`return`"),
+    "get_admin forgets to return": (dict(no_return="admin"), "GET /admin/stats with an admin's key", "`return`"),
 }
 
 
@@ -371,139 +392,161 @@ async def test_auth_an_unfinished_chain_is_reported_once():
     assert len(report.failures) == 1 and "NotImplementedError" in report.failures[0].observed, report.text()
 
 
-# ---- exercise 3: caching ---------------------------------------------------------------------
+# ---- exercise 3: a record that outlives the request's transaction -----------------------------
 
-def usage_factory(tenant_cache=True, id_cache=False, direct_lookup=False, cross_request_cache=False, ids="two",
-                  tenant_header=None, quota_type=int, sync=False):
-    import uuid
-
-    from fastapi import FastAPI
-
-    from checks.lesson02 import TENANTS
-
-    kept: dict = {}
-
-    def usage_app():
-        app = FastAPI()
-        Tenant = Annotated[dict, Depends(load_tenant, use_cache=tenant_cache)]
-
-        if direct_lookup:
-            async def get_plan(request: Request) -> str:
-                return (await load_tenant(request))["plan"]
-
-            async def get_quota(request: Request):
-                return quota_type((await load_tenant(request))["quota"])
-        elif cross_request_cache:
-            async def tenant_cached(request: Request) -> dict:
-                name = request.headers.get("x-tenant", "")
-                if name not in kept:
-                    kept[name] = await load_tenant(request)
-                return kept[name]
-
-            async def get_plan(tenant: Annotated[dict, Depends(tenant_cached)]) -> str:
-                return tenant["plan"]
-
-            async def get_quota(tenant: Annotated[dict, Depends(tenant_cached)]):
-                return tenant["quota"]
-        elif tenant_header is not None:
-            async def get_plan() -> str:
-                return TENANTS[tenant_header]["plan"]
-
-            async def get_quota() -> int:
-                return TENANTS[tenant_header]["quota"]
-        elif sync:
-            def get_plan(tenant: Tenant) -> str:
-                return tenant["plan"]
-
-            def get_quota(tenant: Tenant):
-                return quota_type(tenant["quota"])
-        else:
-            async def get_plan(tenant: Tenant) -> str:
-                return tenant["plan"]
-
-            async def get_quota(tenant: Tenant):
-                return quota_type(tenant["quota"])
-
-        Id = Annotated[str, Depends(new_request_id, use_cache=id_cache)]
-
-        if ids == "two":
-            @app.get("/usage")
-            async def usage(plan: Annotated[str, Depends(get_plan)], quota: Annotated[int | str, Depends(get_quota)],
-                            a: Id, b: Id):
-                return {"plan": plan, "quota": quota, "ids": [a, b]}
-        elif ids == "one twice":
-            @app.get("/usage")
-            async def usage(plan: Annotated[str, Depends(get_plan)], quota: Annotated[int, Depends(get_quota)], a: Id):
-                return {"plan": plan, "quota": quota, "ids": [a, a]}
-        elif ids == "uuid":
-            @app.get("/usage")
-            async def usage(plan: Annotated[str, Depends(get_plan)], quota: Annotated[int, Depends(get_quota)]):
-                return {"plan": plan, "quota": quota, "ids": [uuid.uuid4().hex, uuid.uuid4().hex]}
-        elif ids == "made once":
-            async def ids_once(a: Id, b: Id) -> list[str]:
-                if "ids" not in kept:  # kept from the first request on
-                    kept["ids"] = [a, b]
-                return kept["ids"]
-
-            @app.get("/usage")
-            async def usage(plan: Annotated[str, Depends(get_plan)], quota: Annotated[int, Depends(get_quota)],
-                            pair: Annotated[list[str], Depends(ids_once)]):
-                return {"plan": plan, "quota": quota, "ids": pair}
-        return app
-
-    return usage_app
+NewOrder, Attempt = lesson["NewOrder"], lesson["Attempt"]
+NotebookSessionDep = lesson["SessionDep"]
+get_session = lesson["get_session"]
+kept_attempts: list = []
 
 
-def usage_two_aliases():
-    """A right answer: two Depends objects for the ids, the route also takes the tenant itself."""
-    from fastapi import FastAPI
-
-    app = FastAPI()
-    Tenant = Annotated[dict, Depends(load_tenant)]
-
-    def get_plan(tenant: Tenant) -> str:
-        return tenant["plan"]
-
-    def get_quota(tenant: Tenant) -> int:
-        return tenant["quota"]
-
-    @app.get("/usage")
-    async def usage(tenant: Tenant, plan: Annotated[str, Depends(get_plan)], quota: Annotated[int, Depends(get_quota)],
-                    a: Annotated[str, Depends(new_request_id, use_cache=False)],
-                    b: Annotated[str, Depends(new_request_id, use_cache=False)]) -> dict:
-        return {"plan": plan, "quota": quota, "ids": [a, b]}
-
-    return app
+async def attempt_own_maker(new: NewOrder, request: Request) -> None:
+    async with request.state.sessionmaker() as session:
+        session.add(Attempt(title=new.title))
+        await session.commit()
 
 
-@pytest.mark.parametrize("usage_app", [lesson["usage_app"], usage_factory(), usage_factory(sync=True), usage_two_aliases],
-                         ids=["notebook", "async deps", "def deps", "two Depends objects"])
-async def test_caching_right_answers_pass(usage_app):
-    report = await check_caching.report(usage_app)
+async def attempt_fresh_dependency(
+        new: NewOrder, session: Annotated[AsyncSession, Depends(get_session, scope="function", use_cache=False)]) -> None:
+    session.add(Attempt(title=new.title))
+    await session.commit()
+
+
+async def attempt_other_scope(new: NewOrder, session: Annotated[AsyncSession, Depends(get_session)]) -> None:
+    session.add(Attempt(title=new.title))  # the default scope: another cache key, so another session
+    await session.commit()
+
+
+async def attempt_begin_block(new: NewOrder, request: Request) -> None:
+    async with request.state.sessionmaker() as session, session.begin():
+        session.add(Attempt(title=new.title))
+
+
+async def attempt_shared(new: NewOrder, session: NotebookSessionDep) -> None:
+    session.add(Attempt(title=new.title))
+
+
+async def attempt_shared_commits(new: NewOrder, session: NotebookSessionDep) -> None:
+    session.add(Attempt(title=new.title))
+    await session.commit()  # commits the hold too
+
+
+async def attempt_same_depends_again(
+        new: NewOrder, session: Annotated[AsyncSession, Depends(get_session, scope="function")]) -> None:
+    session.add(Attempt(title=new.title))  # the same function and scope: the request's session after all
+
+
+async def attempt_fresh_uncommitted(
+        new: NewOrder, session: Annotated[AsyncSession, Depends(get_session, scope="function", use_cache=False)]) -> None:
+    session.add(Attempt(title=new.title))  # its own session, but get_session rolls it back on the refusal
+
+
+async def attempt_fresh_flushed(new: NewOrder, session: Annotated[AsyncSession, Depends(get_session, use_cache=False)]):
+    session.add(Attempt(title=new.title))
+    await session.flush()  # written, not committed: the refusal rolls it back
+
+
+async def attempt_savepoint(new: NewOrder, session: NotebookSessionDep) -> None:
+    async with session.begin_nested():  # a savepoint inside the request's transaction
+        session.add(Attempt(title=new.title))
+
+
+async def attempt_never_closed(new: NewOrder, request: Request) -> None:
+    session = request.state.sessionmaker()
+    session.add(Attempt(title=new.title))
+    await session.commit()
+
+
+async def attempt_in_memory(new: NewOrder) -> None:
+    kept_attempts.append(new.title)  # support reads the database, not this list
+
+
+async def attempt_in_background(new: NewOrder, request: Request, tasks: BackgroundTasks) -> None:
+    async def write() -> None:
+        async with request.state.sessionmaker() as session:
+            session.add(Attempt(title=new.title))
+            await session.commit()
+
+    tasks.add_task(write)  # runs after a response that succeeded; an error response runs no task
+
+
+def shared_attempt_session():
+    kept = {}
+
+    async def attempt_one_session_for_all(new: NewOrder, request: Request) -> None:
+        if "session" not in kept:
+            kept["session"] = request.state.sessionmaker()
+        kept["session"].add(Attempt(title=new.title))
+        await kept["session"].commit()
+
+    return attempt_one_session_for_all
+
+
+async def attempts_report(record_attempt):
+    return await check_attempts.report(lesson["orders_app"], record_attempt=record_attempt, SessionDep=NotebookSessionDep)
+
+
+@pytest.mark.parametrize("record_attempt", [lesson["record_attempt"], attempt_own_maker, attempt_fresh_dependency,
+                                            attempt_other_scope, attempt_begin_block],
+                         ids=["notebook", "its own sessionmaker", "use_cache=False, committed",
+                              "another scope, committed", "session.begin()"])
+async def test_attempts_right_answers_pass(record_attempt):
+    report = await attempts_report(record_attempt)
     assert report.passed, report.text()
 
 
-ONCE = "load_tenant runs exactly once in each request"
-IDS = "two different ids of new_request_id"
-VALUES = "plan and quota come from each request's tenant"
-CACHING_WRONG = {
-    "use_cache=False on the lookup": (dict(tenant_cache=False), ONCE, "unless told otherwise"),
-    "load_tenant called directly": (dict(direct_lookup=True), ONCE, "call the function yourself"),
-    "a cache across requests": (dict(cross_request_cache=True), ONCE, "outlives the request"),
-    "ids cached": (dict(id_cache=True), IDS, "`Depends` has a switch"),
-    "one id used twice": (dict(ids="one twice"), IDS, "`Depends` has a switch"),
-    "ids from uuid4": (dict(ids="uuid"), IDS, "Take both ids from new_request_id"),
-    "ids made once for all requests": (dict(ids="made once"), IDS, "each request must get new ones"),
-    "a hard-coded tenant": (dict(tenant_header="acme"), VALUES, "load_tenant returns"),
-    "quota as a string": (dict(quota_type=str), VALUES, "load_tenant returns"),
+REFUSED = "a refused order: 402, no order and no hold, and still one attempt"
+ATTEMPTS_WRONG = {
+    "the request's session": (attempt_shared, REFUSED, "needs a session of its own"),
+    "the request's session, committed": (attempt_shared_commits, REFUSED, "commits whatever else was in it"),
+    "Depends(get_session) again, same scope": (attempt_same_depends_again, REFUSED, "the same way gets the same value"),
+    "its own session, never committed": (attempt_fresh_uncommitted, "POST /orders answers 201", "one transaction write at a time"),
+    "its own session, flushed only": (attempt_fresh_flushed, "POST /orders answers 201", "one transaction write at a time"),
+    "a savepoint in the request's session": (attempt_savepoint, REFUSED, "needs a session of its own"),
+    "never closed": (attempt_never_closed, "every session is closed", "async with"),
+    "a Python list": (attempt_in_memory, "an order that is paid", "write an Attempt row"),
+    "in a background task": (attempt_in_background, REFUSED, "Commit the attempt before the route"),
+    "one session kept for every request": (shared_attempt_session(), "4 orders at once", "never one kept"),
 }
 
 
-@pytest.mark.parametrize("mistake", CACHING_WRONG, ids=list(CACHING_WRONG))
-async def test_caching_wrong_answers_fail_with_their_hint(mistake):
-    options, item, hint = CACHING_WRONG[mistake]
-    report = await check_caching.report(usage_factory(**options))
+@pytest.mark.parametrize("mistake", ATTEMPTS_WRONG, ids=list(ATTEMPTS_WRONG))
+async def test_attempts_wrong_answers_fail_with_their_hint(mistake):
+    record_attempt, item, hint = ATTEMPTS_WRONG[mistake]
+    report = await attempts_report(record_attempt)
     assert_fails_at(report, item, hint)
+
+
+async def test_the_cache_key_includes_the_scope():
+    """The lesson's claim, shown by its demo: another scope or use_cache=False is another value."""
+    from checks import serve
+
+    Default = Annotated[object, Depends(lesson["connection"])]
+    seen = []
+    for Second in (Default, Annotated[object, Depends(lesson["connection"], scope="function")],
+                   Annotated[object, Depends(lesson["connection"], use_cache=False)]):
+        async with serve(lesson["same_value_app"](Default, Second)) as client:
+            seen.append((await client.get("/same")).json())
+    assert seen == [True, False, False]
+
+
+async def test_default_scope_and_function_scope_open_two_sessions():
+    """The same get_session asked for with the default scope and with scope="function": two sessions."""
+    from fastapi import FastAPI
+
+    from checks import serve
+    from checks.lesson02 import stats
+
+    app = FastAPI(lifespan=lesson["lifespan"])
+
+    @app.get("/two")
+    async def two(a: NotebookSessionDep, b: Annotated[AsyncSession, Depends(get_session)]) -> bool:
+        return a is b
+
+    stats.reset()
+    async with serve(app) as client:
+        same = (await client.get("/two")).json()
+    assert same is False and stats.opened == 2
 
 
 # ---- exercise 4: overrides ---------------------------------------------------------------------
@@ -720,7 +763,7 @@ async def test_the_checks_own_code_raises_no_warning():
     assert await warnings_from_checks(
         sessions_report(session_guide_style, None),
         check_auth.report(lesson["auth_app"], **chain(www_authenticate=False)),
-        check_caching.report(usage_factory(id_cache=True)),
+        attempts_report(attempt_shared),
         overrides_report(as_user_pops),
     ) == []
 
