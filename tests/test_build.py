@@ -1,11 +1,14 @@
 """The single-source build: regions become stubs, the rest is copied, notebooks/ never drifts."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from course import build
 from course.build import BuildError, strip_solutions
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_top_level_region_keeps_its_task_comments_and_becomes_a_placeholder():
@@ -256,3 +259,18 @@ def test_course_guidance_prints_a_section_in_the_terminal(capsys):
     assert main(["guidance", "SKILL", "--section", "Async vs Sync"]) == 0
     assert capsys.readouterr().out.startswith("## Async vs Sync")
     assert main(["guidance", "nope"]) == 2
+
+
+def test_every_guidance_a_lesson_names_exists_in_the_installed_fastapi():
+    import re
+
+    from course import fastapi_guidance
+
+    named = set()
+    for path in sorted((ROOT / "solutions").glob("*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            source = "".join(cell["source"])
+            named |= set(re.findall(r'guidance\("([^"]+)"(?:,\s*"([^"]+)")?\)', source))
+    assert named, "no lesson points at FastAPI's guidance"
+    for topic, section in named:
+        assert fastapi_guidance.text(topic, section or None), (topic, section)
