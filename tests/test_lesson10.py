@@ -1,0 +1,216 @@
+"""Lesson 10's checks: right answers pass, the guides' mistakes fail with their own hint.
+
+Each answer is source code run in the lesson's own namespace (its imports and stand-ins), the
+way a learner's cell is.
+"""
+
+import textwrap
+
+import pytest
+from conftest import assert_feedback_rules, failure_text, names, notebook_namespace
+
+from checks.lesson10 import check_chat, check_hub, check_ticks
+
+pytestmark = pytest.mark.anyio
+NS = notebook_namespace("10_websockets")
+
+
+def build(source: str, name: str, head: str = ""):
+    namespace = dict(NS)
+    exec(compile(head + textwrap.dedent(source), "<answer>", "exec"), namespace)
+    return namespace[name]
+
+
+# ---- exercise 1: auth at the handshake, validated messages -------------------------------------------
+
+CHAT = "app = FastAPI()\n"
+LOOP = """
+            try:
+                while True:
+                    raw = await websocket.receive_text()
+                    try:
+                        message = ChatMessage.model_validate_json(raw)
+                    except ValidationError as exc:
+                        await websocket.send_json({"error": exc.errors(include_url=False, include_input=False)})
+                        continue
+                    await websocket.send_json({"sender": user, "room": message.room, "text": message.text})
+            except WebSocketDisconnect:
+                pass
+"""
+CHAT_RIGHT = {
+    "close 1008, then accept": """
+        @app.websocket("/chat")
+        async def chat(websocket: WebSocket, token: str | None = None):
+            user = users.lookup(token)
+            if user is None:
+                await websocket.close(code=status.WS_1008_POLICY_VIOLATION)
+                return
+            await websocket.accept()
+    """ + LOOP,
+    "WebSocketException in a dependency": """
+        from fastapi import Depends, WebSocketException
+        def current_user(token: str | None = None) -> str:
+            user = users.lookup(token)
+            if user is None:
+                raise WebSocketException(code=status.WS_1008_POLICY_VIOLATION)
+            return user
+
+        @app.websocket("/chat")
+        async def chat(websocket: WebSocket, user: str = Depends(current_user)):
+            await websocket.accept()
+    """ + LOOP,
+    "iter_text and a readable error": """
+        @app.websocket("/chat")
+        async def chat(websocket: WebSocket, token: str | None = None):
+            if (user := users.lookup(token)) is None:
+                return await websocket.close(code=1008, reason="unknown token")
+            await websocket.accept()
+            async for raw in websocket.iter_text():
+                try:
+                    message = ChatMessage.model_validate_json(raw)
+                except ValidationError as exc:
+                    await websocket.send_json({"error": str(exc)})
+                else:
+                    await websocket.send_json({"sender": user, **message.model_dump()})
+    """,
+}
+
+
+def chat_with(head: str, loop: str = LOOP) -> str:
+    return """
+        @app.websocket("/chat")
+        async def chat(websocket: WebSocket, token: str | None = None):
+    """ + textwrap.indent(textwrap.dedent(head), " " * 12) + loop
+
+
+CHAT_WRONG = {
+    "the guides': accept, close, HTTPException": (chat_with("""
+        await websocket.accept()
+        user = users.lookup(token)
+        if user is None:
+            await websocket.close(code=status.WS_1008_POLICY_VIOLATION)
+            raise HTTPException(status_code=401)
+    """), "no token: refused before accepting", "before `accept()`"),
+    "HTTPException before accepting": (chat_with("""
+        user = users.lookup(token)
+        if user is None:
+            raise HTTPException(status_code=401)
+        await websocket.accept()
+    """), "no token: refused before accepting", "a close code"),
+    "accept, then close 1008": (chat_with("""
+        await websocket.accept()
+        user = users.lookup(token)
+        if user is None:
+            await websocket.close(code=1008)
+            return
+    """), "no token: refused before accepting", "before `accept()`"),
+    "close with 1000": (chat_with("""
+        user = users.lookup(token)
+        if user is None:
+            await websocket.close()
+            return
+    """).replace("try:", "await websocket.accept()\n            try:", 1),
+        "no token: refused before accepting", "WS_1008_POLICY_VIOLATION"),
+    "no check at all": (chat_with("""
+        user = users.lookup(token) or "anonymous"
+        await websocket.accept()
+    """), "no token: refused before accepting", "before `accept()`"),
+    "a bad message ends the connection": (chat_with("""
+        user = users.lookup(token)
+        if user is None:
+            return await websocket.close(code=1008)
+        await websocket.accept()
+    """, """
+            try:
+                while True:
+                    message = ChatMessage.model_validate_json(await websocket.receive_text())
+                    await websocket.send_json({"sender": user, "room": message.room, "text": message.text})
+            except WebSocketDisconnect:
+                pass
+    """), "text that is not JSON: an error frame, and the connection stays open", "catch `ValidationError` inside the loop"),
+    "receive_json, no validation": (chat_with("""
+        user = users.lookup(token)
+        if user is None:
+            return await websocket.close(code=1008)
+        await websocket.accept()
+    """, """
+            try:
+                while True:
+                    data = await websocket.receive_json()
+                    await websocket.send_json({"sender": user, "room": data.get("room"), "text": data.get("text")})
+            except WebSocketDisconnect:
+                pass
+    """), "text that is not JSON: an error frame, and the connection stays open", "catch `ValidationError`"),
+    "json.loads caught, no model": (chat_with("""
+        user = users.lookup(token)
+        if user is None:
+            return await websocket.close(code=1008)
+        await websocket.accept()
+    """, """
+            import json
+            try:
+                while True:
+                    try:
+                        data = json.loads(await websocket.receive_text())
+                    except ValueError:
+                        await websocket.send_json({"error": "not JSON"})
+                        continue
+                    await websocket.send_json({"sender": user, "room": data.get("room"), "text": data.get("text")})
+            except WebSocketDisconnect:
+                pass
+    """), "an invalid message: an error frame naming the field", "names the field"),
+    "an error frame without saying what": (chat_with("""
+        user = users.lookup(token)
+        if user is None:
+            return await websocket.close(code=1008)
+        await websocket.accept()
+    """, LOOP.replace('{"error": exc.errors(include_url=False, include_input=False)}', '{"error": "invalid"}')),
+        "an invalid message: an error frame naming the field", "names the field"),
+    "the token echoed instead of the user": (chat_with("""
+        if users.lookup(token) is None:
+            return await websocket.close(code=1008)
+        user = token
+        await websocket.accept()
+    """), "a valid message is answered", "the sender's name"),
+    "WebSocketDisconnect not caught": (chat_with("""
+        user = users.lookup(token)
+        if user is None:
+            return await websocket.close(code=1008)
+        await websocket.accept()
+    """, LOOP.replace("except WebSocketDisconnect:\n                pass", "finally:\n                pass")),
+        "leaving ends the handler cleanly", "catch it and return"),
+    "a user may connect once": ("""
+        seen = set()
+    """ + chat_with("""
+        user = users.lookup(token)
+        if user is None or user in seen:
+            return await websocket.close(code=1008)
+        seen.add(user)
+        await websocket.accept()
+    """), "a reconnect with the same token works", "comes back"),
+}
+
+
+@pytest.mark.parametrize("name", CHAT_RIGHT)
+async def test_chat_right_answers_pass(name):
+    report = await check_chat.report(build(CHAT_RIGHT[name], "app", CHAT))
+    assert report.passed, failure_text(report)
+
+
+@pytest.mark.parametrize("name", CHAT_WRONG)
+async def test_chat_wrong_answers_fail_with_their_hint(name):
+    source, item, hint = CHAT_WRONG[name]
+    report = await check_chat.report(build(source, "app", CHAT))
+    assert item in names(report), failure_text(report)
+    assert hint in next(i.hint for i in report.failures if i.name == item), failure_text(report)
+    assert_feedback_rules(report)
+
+
+async def test_chat_stub_fails_cleanly():
+    report = await check_chat.report(build("""
+        @app.websocket("/chat")
+        async def chat(websocket: WebSocket, token: str | None = None):
+            raise NotImplementedError("write the handler")
+    """, "app", CHAT))
+    assert "no token: refused before accepting" in names(report)
+    assert "NotImplementedError" in report.failures[0].observed
