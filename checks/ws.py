@@ -44,6 +44,15 @@ except ImportError:  # pragma: no cover
         pass
 
 
+class _HeldTasks(StartedTasks):
+    """`StartedTasks` that also holds its tasks (a plain set, not a weak one) until the session ends,
+    so the errors of tasks a handler forgot can be taken before asyncio complains about them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._tasks = set()
+
+
 class WSClient:
     """One client connection as the client saw it, and what the app did with it."""
 
@@ -67,7 +76,7 @@ class WSClient:
         self.protocol_errors: list[str] = []
         self.returned_at: float | None = None  # the handler's ASGI call returned
         self.cancelled = False  # still running at exit after the graceful period
-        self.tasks_left: list[str] = []  # tasks the connection started, still running when it returned
+        self.tasks_left: list[str] = []  # tasks the connection started, running (not cancelled) when it returned
         self.task: asyncio.Task | None = None
         self._tracked: StartedTasks | None = None
         self._to_app: asyncio.Queue = asyncio.Queue()
@@ -258,7 +267,7 @@ class WSClient:
             else:
                 return self._protocol_error(f"unexpected ASGI message {kind!r}")
 
-        tracked = StartedTasks().__enter__()  # the tasks this connection starts, and theirs
+        tracked = _HeldTasks().__enter__()  # the tasks this connection starts, and theirs
         try:
             await self.session.app(scope, receive, send)
         except asyncio.CancelledError:
@@ -272,7 +281,8 @@ class WSClient:
         finally:
             tracked.__exit__(None, None, None)
             self._tracked = tracked
-            self.tasks_left = [_task_where(t) for t in tracked.pending()]
+            # still running and not even cancelled: nothing will end them (a cancelled one ends at the next turn)
+            self.tasks_left = [_task_where(t) for t in tracked.pending() if not t.cancelling()]
             self.returned_at = self.session.now()
             if self.accepted and self.closed_at is None and self.left_at is None:
                 self.closed_at, self.close_code = self.returned_at, 1011 if self.error else 1000
@@ -399,6 +409,15 @@ class Sockets:
             task.cancel()
         if late:
             await asyncio.wait(late, timeout=0.5)
+        # Tasks the handlers started and forgot: give them a moment, and take their errors (a send to a
+        # client that left), so asyncio does not print "Task exception was never retrieved" later.
+        started = [t for c in self.clients if c._tracked is not None for t in c._tracked.all()]
+        pending = [t for t in started if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=0.1)
+        for task in started:
+            if task.done() and not task.cancelled():
+                task.exception()
 
 
 @asynccontextmanager

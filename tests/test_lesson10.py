@@ -214,3 +214,135 @@ async def test_chat_stub_fails_cleanly():
     """, "app", CHAT))
     assert "no token: refused before accepting" in names(report)
     assert "NotImplementedError" in report.failures[0].observed
+
+
+# ---- exercise 2: pushing and listening at once -------------------------------------------------------
+
+TICKS = "app = FastAPI()\n"
+PUSH = """
+            async def push():
+                async for tick in ticker.ticks():
+                    await websocket.send_json(tick.model_dump())
+
+            async def answer():
+                while True:
+                    message = await websocket.receive_json()
+                    await websocket.send_json({"pong": message.get("ping")})
+"""
+
+
+def ticks_with(body: str, loops: str = PUSH) -> str:
+    return """
+        @app.websocket("/ticks")
+        async def ticks(websocket: WebSocket):
+            await websocket.accept()
+    """ + loops + textwrap.indent(textwrap.dedent(body), " " * 12)
+
+
+TICKS_RIGHT = {
+    "TaskGroup and except*": ticks_with("""
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(push())
+                group.create_task(answer())
+        except* WebSocketDisconnect:
+            pass
+    """),
+    "anyio task group, cancelled when the client leaves": ticks_with("""
+        import anyio
+        async with anyio.create_task_group() as group:
+            group.start_soon(push)
+            try:
+                await answer()
+            except WebSocketDisconnect:
+                group.cancel_scope.cancel()
+    """),
+    "a push task cancelled and awaited in finally": ticks_with("""
+        pusher = asyncio.create_task(push())
+        try:
+            await answer()
+        except WebSocketDisconnect:
+            pass
+        finally:
+            pusher.cancel()
+            await asyncio.gather(pusher, return_exceptions=True)
+    """),
+}
+TICKS_WRONG = {
+    "receive, then push": (ticks_with("""
+        try:
+            async for tick in ticker.ticks():
+                message = await websocket.receive_json()
+                await websocket.send_json({"pong": message.get("ping")})
+                await websocket.send_json(tick.model_dump())
+        except WebSocketDisconnect:
+            pass
+    """), "a client that never sends still gets prices", "at the same time"),
+    "push only": (ticks_with("""
+        try:
+            await push()
+        except WebSocketDisconnect:
+            pass
+    """), "ping 1 is answered while prices flow", "Receive in a loop of its own"),
+    "answer only": (ticks_with("""
+        try:
+            await answer()
+        except WebSocketDisconnect:
+            pass
+    """), "a client that never sends still gets prices", "at the same time"),
+    "a forgotten create_task": (ticks_with("""
+        asyncio.create_task(push())
+        try:
+            await answer()
+        except WebSocketDisconnect:
+            pass
+    """), "no task outlives the connection", "create_task"),
+    "gather": (ticks_with("""
+        try:
+            await asyncio.gather(push(), answer())
+        except WebSocketDisconnect:
+            pass
+    """), "no task outlives the connection", "gather"),
+    "wait FIRST_COMPLETED, the other left running": (ticks_with("""
+        tasks = [asyncio.create_task(push()), asyncio.create_task(answer())]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    """), "no task outlives the connection", "create_task"),
+    "TaskGroup without except*": (ticks_with("""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(push())
+            group.create_task(answer())
+    """), "the handler returns when its client leaves, cleanly", "except* WebSocketDisconnect"),
+    "one ping answered, then the handler ends": (ticks_with("""
+        pusher = asyncio.create_task(push())
+        try:
+            message = await websocket.receive_json()
+            await websocket.send_json({"pong": message.get("ping")})
+        finally:
+            pusher.cancel()
+    """), "ping 2 is answered while prices flow", "a second message"),
+    "pushing starts after the first message": (ticks_with("""
+        try:
+            message = await websocket.receive_json()
+            await websocket.send_json({"pong": message.get("ping")})
+            async with asyncio.TaskGroup() as group:
+                group.create_task(push())
+                group.create_task(answer())
+        except* WebSocketDisconnect:
+            pass
+    """), "a client that never sends still gets prices", "at the same time"),
+}
+
+
+@pytest.mark.parametrize("name", TICKS_RIGHT)
+async def test_ticks_right_answers_pass(name):
+    report = await check_ticks.report(build(TICKS_RIGHT[name], "app", TICKS))
+    assert report.passed, failure_text(report)
+
+
+@pytest.mark.parametrize("name", TICKS_WRONG)
+async def test_ticks_wrong_answers_fail_with_their_hint(name):
+    source, item, hint = TICKS_WRONG[name]
+    report = await check_ticks.report(build(source, "app", TICKS))
+    assert item in names(report), failure_text(report)
+    assert hint in next(i.hint for i in report.failures if i.name == item), failure_text(report)
+    assert_feedback_rules(report)

@@ -156,6 +156,13 @@ async def check_ticks(report, app):
         chatty = await session.connect("/ticks", timeout=WAIT_S, label="chatty client")
         for attempt in (1, 2):
             number = random.randint(1, 10**6)
+            if chatty.gone:
+                report.fail(f"ping {attempt} is answered while prices flow",
+                            observed=_handler_error(chatty) or f"the server had closed the connection (code {chatty.close_code})",
+                            expected=f'{{"pong": {number}}}',
+                            hint="Keep receiving until the client leaves: answer a second message from the same "
+                                 "client too.")
+                return
             await chatty.send_json({"ping": number})
             pong = json.dumps({"pong": number}, separators=(",", ":"))
             answered = await chatty.wait_for(lambda c: any(_same_json(t, pong) for t in c.texts) or c.gone, WAIT_S)
@@ -170,7 +177,7 @@ async def check_ticks(report, app):
                 return
         await silent.leave()
         ended = await silent.finished(WAIT_S)
-        alive = await silent.tasks_alive() if ended else []
+        alive = silent.tasks_left if ended else []
         if not ended:
             report.fail("the handler returns when its client leaves", observed=f"still running {WAIT_S:g} s later",
                         expected="returned", hint="When the receive loop sees `WebSocketDisconnect`, end the whole "
