@@ -346,3 +346,144 @@ async def test_ticks_wrong_answers_fail_with_their_hint(name):
     assert item in names(report), failure_text(report)
     assert hint in next(i.hint for i in report.failures if i.name == item), failure_text(report)
     assert_feedback_rules(report)
+
+
+# ---- exercise 3: the hub ----------------------------------------------------------------------------
+
+HUB_RIGHT = {
+    "a bounded queue and a sender task per client": "Hub",  # the notebook's own
+    "concurrent sends, each bounded": """
+        class Hub:
+            def __init__(self):
+                self.clients = set()
+            async def connect(self, websocket):
+                self.clients.add(websocket)
+            def disconnect(self, websocket):
+                self.clients.discard(websocket)
+            async def broadcast(self, message):
+                async def send(websocket):
+                    try:
+                        async with asyncio.timeout(SEND_TIMEOUT_S):
+                            await websocket.send_text(message)
+                    except Exception:
+                        self.disconnect(websocket)
+                await asyncio.gather(*(send(ws) for ws in list(self.clients)))
+    """,
+    "a queue that drops the oldest message": """
+        class Hub:
+            def __init__(self):
+                self.clients = {}
+            async def connect(self, websocket):
+                queue = asyncio.Queue(maxsize=QUEUE_SIZE)
+                async def pump():
+                    try:
+                        while True:
+                            await websocket.send_text(await queue.get())
+                    except Exception:
+                        self.disconnect(websocket)
+                self.clients[websocket] = (queue, asyncio.create_task(pump()))
+            def disconnect(self, websocket):
+                queue, task = self.clients.pop(websocket, (None, None))
+                if task is not None:
+                    task.cancel()
+            async def broadcast(self, message):
+                for queue, _ in list(self.clients.values()):
+                    if queue.full():
+                        queue.get_nowait()
+                    queue.put_nowait(message)
+    """,
+}
+
+GUIDE = """
+    class Hub:
+        def __init__(self):
+            self.active = []
+        async def connect(self, websocket):
+            self.active.append(websocket)
+        def disconnect(self, websocket):
+            self.active.remove(websocket)
+        async def broadcast(self, message):
+            for connection in self.active:
+                await connection.send_text(message)
+"""
+QUEUES = """
+    class Hub:
+        def __init__(self):
+            self.clients = {}
+        async def connect(self, websocket):
+            queue = QUEUE
+            async def pump():
+                try:
+                    while True:
+                        await websocket.send_text(await queue.get())
+                except Exception:
+                    self.disconnect(websocket)
+            self.clients[websocket] = (queue, asyncio.create_task(pump()))
+        def disconnect(self, websocket):
+            DISCONNECT
+        async def broadcast(self, message):
+            for websocket, (queue, _) in list(self.clients.items()):
+                try:
+                    queue.put_nowait(message)
+                except asyncio.QueueFull:
+                    self.disconnect(websocket)
+"""
+BOUNDED = "asyncio.Queue(maxsize=QUEUE_SIZE)"
+SAFE = "entry = self.clients.pop(websocket, None)\n            if entry is not None:\n                entry[1].cancel()"
+HUB_WRONG = {
+    "the guides' manager": (GUIDE, "broadcast() survives a dead client", "Catch it for that client alone"),
+    "skips errors, but waits for the slow one": (GUIDE.replace(
+        "await connection.send_text(message)", "try:\n                    await connection.send_text(message)\n"
+        "                except Exception:\n                    pass"),
+        "every live client gets every message, once, in order", "bounded queue"),
+    "gather without a timeout": (GUIDE.replace(
+        "for connection in self.active:\n                await connection.send_text(message)",
+        "await asyncio.gather(*(c.send_text(message) for c in self.active), return_exceptions=True)"),
+        "every live client gets every message, once, in order", "bounded queue"),
+    "a timeout, one client after another": (GUIDE.replace(
+        "await connection.send_text(message)", "try:\n                    async with asyncio.timeout(1):\n"
+        "                        await connection.send_text(message)\n                except Exception:\n"
+        "                    pass"),
+        "every live client gets every message, once, in order", "concurrently"),
+    "dead clients kept": (GUIDE.replace("self.active.remove(websocket)", "pass").replace(
+        "for connection in self.active:\n                await connection.send_text(message)",
+        "async def send(c):\n                try:\n                    async with asyncio.timeout(SEND_TIMEOUT_S):\n"
+        "                        await c.send_text(message)\n                except Exception:\n                    pass\n"
+        "            await asyncio.gather(*(send(c) for c in self.active))"),
+        "dead clients are dropped", "remove that client"),
+    "list.remove twice": (GUIDE.replace(
+        "for connection in self.active:\n                await connection.send_text(message)",
+        "async def send(c):\n                try:\n                    async with asyncio.timeout(SEND_TIMEOUT_S):\n"
+        "                        await c.send_text(message)\n                except Exception:\n"
+        "                    self.disconnect(c)\n"
+        "            await asyncio.gather(*(send(c) for c in list(self.active)))"),
+        "broadcast() survives a dead client", "removed twice"),
+    "an unbounded queue": (QUEUES.replace("QUEUE", "asyncio.Queue()", 1).replace("DISCONNECT", SAFE),
+                           "what is held for a slow client stays bounded", "maxsize"),
+    "sender task never cancelled": (QUEUES.replace("QUEUE", BOUNDED, 1).replace(
+        "DISCONNECT", "self.clients.pop(websocket, None)"),
+        "no task outlives its client", "cancel it in `disconnect()`"),
+    "new clients never added": (QUEUES.replace("QUEUE", BOUNDED, 1).replace("DISCONNECT", SAFE).replace(
+        "self.clients[websocket] = (queue, asyncio.create_task(pump()))",
+        "if len(self.clients) < 40 and not getattr(self, 'closed', False):\n"
+        "                self.clients[websocket] = (queue, asyncio.create_task(pump()))").replace(
+        "async def broadcast(self, message):", "async def broadcast(self, message):\n            self.closed = True"),
+        "a client that connects later gets the next message", "adds the new socket"),
+}
+
+
+@pytest.mark.parametrize("name", HUB_RIGHT)
+async def test_hub_right_answers_pass(name):
+    source = HUB_RIGHT[name]
+    hub = NS["Hub"] if source == "Hub" else build(source, "Hub")
+    report = await check_hub.report(hub)
+    assert report.passed, failure_text(report)
+
+
+@pytest.mark.parametrize("name", HUB_WRONG)
+async def test_hub_wrong_answers_fail_with_their_hint(name):
+    source, item, hint = HUB_WRONG[name]
+    report = await check_hub.report(build(source, "Hub"))
+    assert item in names(report), failure_text(report)
+    assert hint in next(i.hint for i in report.failures if i.name == item), failure_text(report)
+    assert_feedback_rules(report)
