@@ -128,9 +128,10 @@ def draw_deliveries(clients, expected: int, title: str) -> bytes:
     def draw(ax):
         counts = [len(c.received) + len(c.backlog) for c in clients]
         colors = ["#8c959f" if c.died else "#bf8700" if c.stalled else "#2f81f7" for c in clients]
-        ax.bar(range(len(clients)), counts, color=colors)
+        ax.bar(range(1, len(clients) + 1), counts, color=colors)
+        ax.set_xticks(range(1, len(clients) + 1, max(1, len(clients) // 10)))
         ax.axhline(expected, color="#1a7f37", linewidth=1, linestyle="--")
-        ax.text(len(clients) - 0.5, expected, f" {expected} sent", va="bottom", ha="right", fontsize=10, color="#1a7f37")
+        ax.text(len(clients) + 0.5, expected, f" {expected} sent", va="bottom", ha="right", fontsize=10, color="#1a7f37")
         ax.set_xlabel("client (blue: live, grey: dead, amber: stopped reading)", fontsize=10)
         ax.set_ylabel("messages received", fontsize=10)
         ax.set_ylim(0, expected * 1.25 + 1)
