@@ -284,6 +284,15 @@ IMPORT_WRONG = {
                 await session.commit()
             return Imported(imported=len(rows))
     """, "nothing of a rejected batch is written", "Some rows were committed"),
+    "chunks of 25 rows": ("""
+        @app.post("/posts/import", status_code=201)
+        async def import_posts(session: SessionDep, rows: list[PostIn]) -> Imported:
+            data = [row.model_dump() for row in rows]
+            for start in range(0, len(data), 25):
+                await session.execute(insert(Post), data[start:start + 25])
+            await session.commit()
+            return Imported(imported=len(rows))
+    """, "the same few statements", "in pieces"),
     "no commit: nothing saved": ("""
         @app.post("/posts/import", status_code=201)
         async def import_posts(session: SessionDep, rows: list[PostIn]) -> Imported:
@@ -375,6 +384,28 @@ POOL_RIGHT = {
 
         ReportSession = Annotated[AsyncSession, Depends(get_session)]
     """),
+    "the engine made by the lifespan": """
+        def make_report_app(database_url, max_connections):
+            @asynccontextmanager
+            async def lifespan(app):
+                engine = create_async_engine(database_url, pool_size=max_connections, max_overflow=0,
+                                             pool_timeout=POOL_TIMEOUT_S)
+                yield {"sessions": async_sessionmaker(engine, expire_on_commit=False)}
+                await engine.dispose()
+
+            from fastapi import Request
+            async def get_session(request: Request):
+                async with request.state.sessions() as session:
+                    yield session
+
+            ReportSession = Annotated[AsyncSession, Depends(get_session, max_concurrency=max_connections)]
+            app = FastAPI(lifespan=lifespan)
+
+            @app.get("/report")
+            async def report(session: ReportSession) -> dict:
+                return await slow_report(session)
+            return app
+    """,
 }
 POOL_WRONG = {
     "the guides' 20 + 10, no limit": (report_app(
@@ -408,6 +439,14 @@ POOL_WRONG = {
 
         ReportSession = Annotated[AsyncSession, Depends(get_session, max_concurrency=max_connections)]
     """), "requests at once all answer 200", "TimeoutError"),
+    "no database at all": ("""
+        def make_report_app(database_url, max_connections):
+            app = FastAPI()
+            @app.get("/report")
+            async def report() -> dict:
+                return {"users": 0}
+            return app
+    """, "the app creates its engine", "create_async_engine"),
     "a new engine per request": (report_app(SIZED, route="""
         @app.get("/report")
         async def report() -> dict:
@@ -420,7 +459,7 @@ POOL_WRONG = {
 
 @pytest.mark.parametrize("name", POOL_RIGHT)
 async def test_pool_right_answers_pass(name):
-    report = await check_report_pool.report(build(POOL_RIGHT[name], "make_report_app"))
+    report = await check_report_pool.report(build(textwrap.dedent(POOL_RIGHT[name]), "make_report_app"))
     assert report.passed, failure_text(report)
 
 

@@ -172,6 +172,9 @@ def _insert_hint(statements: list[str], size: int) -> str:
     if returning >= size:
         return ("`add_all` looks like one batch, but the ORM needs each new id back and on SQLite that is one "
                 "INSERT ... RETURNING per row. Send the rows as one statement: `insert(Post)` with a list of dicts.")
+    if len(statements) < size:
+        return ("The batch went out in pieces, more of them for a larger batch. One `insert(Post)` executed with "
+                "the whole list of dicts is one statement, whatever the number of rows.")
     return ("Each row went to the database on its own (a flush or a commit per row): one round trip each. Build "
             "the rows first, then send them as one statement (`insert(Post)` with a list of dicts), commit once.")
 
@@ -222,10 +225,6 @@ async def check_report_pool(report, make_report_app):
 
 
 async def _burst(report, watch: EngineWatch, app, connections: int, burst: int) -> None:
-    if not watch.counts:
-        report.fail("make_report_app creates its engine", observed="no engine was created",
-                    hint="Create the engine with `create_async_engine(database_url, ...)` inside `make_report_app`.")
-        return
     async with serve(app, raise_app_exceptions=False) as client:
         watch.reset()
         started = time.perf_counter()
@@ -235,6 +234,11 @@ async def _burst(report, watch: EngineWatch, app, connections: int, burst: int) 
         warnings.simplefilter("ignore")
         gc.collect()
     held = watch.held + watch.detached
+    if not watch.counts:
+        report.fail("the app creates its engine", observed="no engine was created", expected="one, from database_url",
+                    hint="Create the engine with `create_async_engine(database_url, ...)`, in `make_report_app` or "
+                         "in the app's lifespan.")
+        return
     failed = [r for r in responses if r.status_code != 200]
     errors = [e.exception for e in client.errors_for("/report")]
     timeouts = sum(type(_root(e)).__name__ == "TimeoutError" for e in errors)
