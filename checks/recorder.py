@@ -47,6 +47,7 @@ from starlette.background import BackgroundTask
 from . import harness
 from .tasks import StartedTasks
 from .harness import AppStartupError, DemoStopped, _learner_frame_of, describe_exception
+from .waiting import wait_until
 from .watchdog import CheckTimeout, limit_active, time_limit
 
 SERVER = ("testserver", 80)
@@ -424,13 +425,8 @@ class Recorder:
         return True
 
     async def wait_for(self, predicate, timeout: float, poll_s: float = 0.005) -> bool:
-        """Wait until `predicate()` is true (checked every `poll_s`), at most `timeout` s."""
-        deadline = time.perf_counter() + timeout
-        while not predicate():
-            if time.perf_counter() >= deadline:
-                return False
-            await asyncio.sleep(poll_s)
-        return True
+        """Wait until `predicate()` holds (checked every `poll_s`), at most `timeout` s."""
+        return await wait_until(predicate, timeout, poll_s)
 
     # ---- reading ----------------------------------------------------------------------------------
     def find(self, kind: str | None = None, what: str | None = None, exchange: Exchange | None = None) -> list[Event]:

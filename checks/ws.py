@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 from .harness import describe_exception
 from .recorder import CLIENT, SERVER, _task_where, record
+from .waiting import wait_until
 from .tasks import StartedTasks
 
 STALL_BUFFER = 4  # messages a client that stopped reading still takes (its socket buffers) before send() waits
@@ -388,12 +389,7 @@ class Sockets:
 
     async def wait_for(self, predicate, timeout: float, poll_s: float = 0.002) -> bool:
         """Wait until `predicate()` holds (checked every `poll_s`), at most `timeout` s."""
-        deadline = time.perf_counter() + timeout
-        while not predicate():
-            if time.perf_counter() >= deadline:
-                return False
-            await asyncio.sleep(poll_s)
-        return True
+        return await wait_until(predicate, timeout, poll_s)
 
     async def close_all(self, graceful_s: float) -> None:
         """Every client still connected leaves; handlers get `graceful_s`, then are cancelled."""
