@@ -1,6 +1,6 @@
 """Do the timing checks give the same verdict on a slow, noisy machine? Count it.
 
-    python bench/verdicts.py [--runs 50]
+    python bench/verdicts.py [--runs 50] [--idle-only] [--only 04]
 
 Runs every check of lessons 01, 04 and 05 whose verdict rests on a clock or on scheduling
 (a bounded wait, "N at once") many times against right and wrong answers taken from the
@@ -219,7 +219,7 @@ CASES = [
 
 
 async def sweep(runs: int) -> None:
-    for case in CASES:
+    for case in selected():
         wrongs = {answer: (items,) if isinstance(items, str) else items for answer, items in case.wrongs}
         for _ in range(runs):
             for answer in case.rights + list(wrongs):
@@ -241,6 +241,13 @@ async def sweep(runs: int) -> None:
         await asyncio.sleep(0.5)  # let calls that answers left running end before the next check
 
 
+ONLY: set[str] = set()  # lessons picked with --only (empty: every case)
+
+
+def selected() -> list[Case]:
+    return [case for case in CASES if not ONLY or case.check.id.split(".")[0] in ONLY]
+
+
 def shown(sig: Signal, values: list[float], right: bool) -> str:
     """The right value nearest its bar (with the room left), or the wrong one nearest to passing
     (with how far past the bar it is)."""
@@ -254,10 +261,10 @@ def shown(sig: Signal, values: list[float], right: bool) -> str:
 def summary(label: str) -> None:
     print(f"\n== {label}")
     print(f"{'check':<84} {'runs':>5} {'false pass':>10} {'false fail':>10}")
-    for case in CASES:
+    for case in selected():
         print(f"{case.check.title:<84} {case.runs:5d} {case.false_pass:10d} {case.false_fail:10d}")
     print(f"\n{'signal':<74} {'bar':>8}   {'worst right (room)':>20}   {'best wrong (past bar)':>21}")
-    for case in CASES:
+    for case in selected():
         for sig in case.signals:
             name = f"{case.check.id.removeprefix('lesson')}: {sig.label}"
             print(f"{name:<74} {sig.bar():>8}   {shown(sig, sig.right, True):>20}   {shown(sig, sig.wrong, False):>21}")
@@ -298,7 +305,10 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--idle-only", action="store_true", help="no hogs: to try the script on a shared machine")
+    parser.add_argument("--only", action="append", default=[], metavar="LESSON",
+                        help="only the checks of this lesson (04, or lesson04; may be repeated)")
     args = parser.parse_args()
+    ONLY.update(f"lesson{name.removeprefix('lesson')}" for name in args.only)
     started = time.perf_counter()
     asyncio.run(run(args.runs, args.idle_only))
     print(f"\n{time.perf_counter() - started:.0f} s in all")

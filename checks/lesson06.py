@@ -28,9 +28,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .harness import serve
-from .lesson05 import (  # noqa: F401 (LogBook, RequestContext and short_error: re-exported for the notebook)
-    LogBook, RequestContext, _mentions, _Records, observed, short_error,
-)
+from .lesson05.judge_common import _mentions, _Records, observed, short_error  # noqa: F401 (short_error: re-exported)
+from .lesson05.world import LogBook, RequestContext  # noqa: F401 (re-exported for the notebook)
 from .observe import json_body
 from .runner import check
 

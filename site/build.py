@@ -42,10 +42,11 @@ def lessons(folder: Path = NOTEBOOKS) -> list[Path]:
 def code_key() -> str:
     """A hash of the code whose behaviour the outputs show: a change there runs the lessons again."""
     digest = hashlib.sha256(sys.version.encode())
-    for path in sorted([*ROOT.glob("checks/*.py"), *ROOT.glob("course/*.py")]):
+    # Every module, in the packages' sub-packages too (checks/lesson07/, course/grade/).
+    for path in sorted([*ROOT.glob("checks/**/*.py"), *ROOT.glob("course/**/*.py")]):
         if path.name == "links.py":  # addresses only: a new hub URL needs no new outputs
             continue
-        digest.update(path.name.encode() + path.read_bytes())
+        digest.update(path.relative_to(ROOT).as_posix().encode() + path.read_bytes())
     return digest.hexdigest()
 
 
