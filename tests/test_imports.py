@@ -118,3 +118,10 @@ def test_every_module_imports_first_in_a_fresh_interpreter():
             "    importlib.import_module(name)\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_no_module_of_the_course_grows_past_800_lines():
+    """Issue 18: a module holds one concern; a lesson's checks become a package (world, judge_*)."""
+    long = {str(path.relative_to(ROOT)): n for package in PACKAGES for path in (ROOT / package).rglob("*.py")
+            if (n := len(path.read_text(encoding="utf-8").splitlines())) > 800}
+    assert not long, f"split these by concern: {long}"
