@@ -235,6 +235,10 @@ async def run_tests(suite: Suite, app, order: list[str], *, stop_at_failure: boo
     return outcomes
 
 
+def _tests(n: int) -> str:
+    return f"{n} test{'s' if n != 1 else ''}"
+
+
 def _listing(outcomes: list[Outcome], limit: int = 3) -> str:
     failed = [o for o in outcomes if not o.passed]
     text = "; ".join(f"{o.name}: {o.error}" for o in failed[:limit])
@@ -285,7 +289,7 @@ async def _judge(report, suite: Suite, bugs: list[str], folder: str, must_isolat
                          "can run against any app, which is how this check plants bugs.")
         return
     if not report.add("every test passes on the right app", all(o.passed for o in first),
-                      observed=f"{len(first)} tests passed" if all(o.passed for o in first) else _listing(first),
+                      observed=f"{_tests(len(first))} passed" if all(o.passed for o in first) else _listing(first),
                       expected="each test passes: the app is right",
                       hint=_right_app_hint(first)):
         return
@@ -299,7 +303,7 @@ async def _judge(report, suite: Suite, bugs: list[str], folder: str, must_isolat
                     "the next test gets the app as it is.")
     broken = [o for o in again if not o.passed and not o.overrides_left]
     report.add("the tests pass again, in reverse order", not broken,
-               observed=_listing(again) if broken else f"{len(again)} tests passed",
+               observed=_listing(again) if broken else f"{_tests(len(again))} passed",
                expected="the same verdicts in any order",
                hint="A test that passes alone but fails after the others depends on what they left behind "
                     "(rows in a shared database, an override): give each test a fresh start in its fixtures.")
