@@ -70,6 +70,7 @@ class Suite:
     class_fixtures: dict[str, object]
     module_fixtures: dict[str, object]
     problems: list[str] = field(default_factory=list)
+    parametrized: list[str] = field(default_factory=list)
 
 
 def _is_fixture(value) -> bool:
@@ -108,6 +109,9 @@ def collect(cls) -> Suite:
     suite = Suite(cls, tests, class_fixtures, module_fixtures)
     for name in tests:
         function = getattr(cls, name)
+        marks = getattr(function, "pytestmark", [])
+        if any(getattr(mark, "name", None) == "parametrize" for mark in marks):
+            suite.parametrized.append(name)
         if inspect.iscoroutinefunction(function) and not _marked_anyio(function, cls):
             suite.problems.append(name)
     return suite
@@ -239,10 +243,15 @@ def _tests(n: int) -> str:
     return f"{n} test{'s' if n != 1 else ''}"
 
 
-def _listing(outcomes: list[Outcome], limit: int = 3) -> str:
-    failed = [o for o in outcomes if not o.passed]
-    text = "; ".join(f"{o.name}: {o.error}" for o in failed[:limit])
-    return text + (f"; and {len(failed) - limit} more" if len(failed) > limit else "")
+def _listing(outcomes: list[Outcome], limit: int = 2) -> str:
+    """The failed tests, grouped by error: `test_a, test_b: NotImplementedError ...`."""
+    by_error: dict[str, list[str]] = {}
+    for outcome in outcomes:
+        if not outcome.passed:
+            by_error.setdefault(outcome.error, []).append(outcome.name)
+    parts = [f"{', '.join(names)}: {error}" for error, names in list(by_error.items())[:limit]]
+    more = sum(len(names) for names in list(by_error.values())[limit:])
+    return "; ".join(parts) + (f"; and {_tests(more)} more" if more else "")
 
 
 def _dev_rows(path: str) -> int:
@@ -269,6 +278,12 @@ async def judge_suite(report, cls, bugs: list[str], *, must_isolate: bool) -> No
                     hint="pytest cannot run `async def` tests by itself: the anyio plugin runs the ones "
                          "marked `anyio`.")
         return
+    if suite.parametrized:
+        report.fail("the check can run every test", observed=f"parametrized: {', '.join(suite.parametrized)}",
+                    expected="plain tests (the check runs each test once, with its fixtures)",
+                    hint="This check does not expand `pytest.mark.parametrize`: write the cases as separate "
+                         "tests, or as a loop inside one test.")
+        return
     folder = tempfile.mkdtemp(prefix="course-lesson12-check-")
     try:
         await _judge(report, suite, bugs, folder, must_isolate)
@@ -287,6 +302,15 @@ async def _judge(report, suite: Suite, bugs: list[str], folder: str, must_isolat
                     expected="the client fixture takes `app` and serves it",
                     hint="Take the app from the `app` fixture (a parameter named `app`): then the same tests "
                          "can run against any app, which is how this check plants bugs.")
+        return
+    failed = [o for o in first if not o.passed]
+    alone = [o for o in failed if all(a.passed for a in await run_tests(suite, todo_app(url("alone")), [o.name]))]
+    if alone:
+        report.fail("each test passes whatever ran before it",
+                    observed=f"{', '.join(o.name for o in alone)}: passes alone, fails after the other tests",
+                    expected="the same verdict alone and after the others",
+                    hint="The test depends on what earlier tests left behind (rows in a shared database, an "
+                         "override): count only what the test itself made, or give each test a fresh start.")
         return
     if not report.add("every test passes on the right app", all(o.passed for o in first),
                       observed=f"{_tests(len(first))} passed" if all(o.passed for o in first) else _listing(first),
