@@ -73,10 +73,11 @@ def bwrap_argv(runtime: Path, hidden: list[Path], env: dict) -> list[str]:
         argv += ["--tmpfs", str(folder)]
     # Back from under those: the interpreter, its packages, the course's code (not its tests, git or solutions).
     root = ROOT.resolve()
-    keep = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
-    keep |= {Path(p).resolve() for p in sys.path if p and Path(p).is_dir()}
-    keep = {p for p in keep if not _under(root, p) and p != Path.cwd().resolve()}
-    keep |= {root / "checks", root / "course", Path(os.path.realpath(sys.executable)).parent.parent}
+    prefixes = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    prefixes |= {Path(os.path.realpath(sys.executable)).parent.parent}
+    keep = {Path(p).resolve() for p in sys.path if p and Path(p).is_dir()}  # not the checkout's other folders
+    keep = {p for p in keep if not _under(root, p) and not _under(p, root) and p != Path.cwd().resolve()}
+    keep |= prefixes | {root / "checks", root / "course"}
     kept = []
     for path in sorted(keep, key=lambda p: len(p.parts)):
         top = next((b for b in broad if _under(path, b)), None)
