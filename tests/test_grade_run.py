@@ -141,3 +141,27 @@ def test_a_stopped_run_keeps_its_rows_and_leaves_no_kernel_behind(tmp_path):
     while marked(marker) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not marked(marker), "the stuck kernel's process outlived the run"
+
+
+def test_unsandboxed_kernels_get_a_cleared_environment_and_leave_no_temporary_file(tmp_path, capsys):
+    """--sandbox off: said loudly; still no instructor variable in a kernel, and the demos' temporary
+    files (tempfile, as checks' demos make them) go with the kernel's own folder."""
+    import glob
+    import os
+    import tempfile
+    import time
+
+    mark = f"course-demo-{os.getpid()}-{time.monotonic_ns()}"
+    cell = (f"import os, tempfile\ntempfile.mkstemp(prefix={mark!r})\ntempfile.mkdtemp(prefix={mark!r})\n"
+            "leaked = [k for k in os.environ if k.startswith('COURSE_') or k == 'INSTRUCTOR_TOKEN']\n"
+            + RIGHT.replace('f"Hello, {name}!"', 'f"Hello, {name}!" if not leaked else str(leaked)'))
+    write(tmp_path / "class" / "ana" / "00_welcome.ipynb", with_cells(learner_copy(), {"c15": cell}))
+    os.environ["INSTRUCTOR_TOKEN"] = "secret"
+    try:
+        assert cli(["grade", str(tmp_path / "class"), "--out", str(tmp_path / "g.csv"), "--sandbox", "off",
+                    "--jobs", "1"]) == 0
+    finally:
+        os.environ.pop("INSTRUCTOR_TOKEN")
+    assert "NOT sandboxed (--sandbox off)" in capsys.readouterr().err
+    assert rows(tmp_path / "g.csv")["ana/00_welcome.ipynb"]["lesson00.check_hello"] == "passed"
+    assert not glob.glob(os.path.join(tempfile.gettempdir(), mark + "*")) and not glob.glob(f"/var/tmp/{mark}*")

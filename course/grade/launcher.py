@@ -108,6 +108,9 @@ def _become_kernel(request: dict, parent: int) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        import tempfile
+
+        tempfile.tempdir = None  # the kernel's own TMPDIR, not one an import in the zygote cached
         from ipykernel.kernelapp import IPKernelApp
 
         sys.argv = ["ipykernel_launcher", *_kernel_argv(request["conn"], parent)]
