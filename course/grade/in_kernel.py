@@ -45,9 +45,10 @@ def _watched() -> dict:
                 if fn is not None:
                     items[f"{name}.{attr}.fn"] = fn
                     items[f"{name}.{attr}.code"] = getattr(fn, "__code__", None)
-                if isinstance(value, type):
+                if isinstance(value, type):  # its methods (not its data: a check may keep state there)
                     for key, member in vars(value).items():
-                        items[f"{name}.{attr}.{key}"] = member
+                        if callable(member) or isinstance(member, (property, staticmethod, classmethod)):
+                            items[f"{name}.{attr}.{key}"] = member
                 elif hasattr(value, "__code__"):
                     items[f"{name}.{attr}.code"] = value.__code__
     return items
