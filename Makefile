@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 LAB_ARGS ?=
 
-.PHONY: course test chromium build bench bench-verdicts clean
+.PHONY: course test chromium sandbox build bench bench-verdicts clean
 
 # JupyterLab starts with the course's environment first on PATH, so `course` and `python` in
 # its terminal are the course's own.
@@ -29,7 +29,7 @@ $(LAB_CONFIG): binder/jupyter_server_config.py $(VENV)/.installed-lab
 	@mkdir -p $(dir $@)
 	cp binder/jupyter_server_config.py $@
 
-test: $(VENV)/.installed-dev chromium
+test: $(VENV)/.installed-dev chromium sandbox
 	$(PY) -m pytest tests solutions --nbval-lax -n 2 --dist loadfile
 
 # The browser test drives Debian's chromium (Playwright's own browser download is not used).
@@ -40,6 +40,15 @@ chromium:
 	    echo "installing Debian's chromium for the browser test"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium not found: the browser test will be skipped"; fi; }
+
+# `course grade` seals each submission off with Debian's bubblewrap (see README, "Grading a class").
+# As root with apt, it is installed; elsewhere grading says loudly what is not isolated.
+sandbox:
+	@command -v bwrap >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's bubblewrap for course grade's sandbox"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; \
+	  else echo "bubblewrap not found: course grade will run submissions unsandboxed (and say so)"; fi; }
 
 build: $(VENV)/.installed-dev        ## regenerate notebooks/ from solutions/
 	$(VENV)/bin/course build

@@ -88,6 +88,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--regrade", action="store_true", help="grade every notebook again, even those already in --out")
     p.add_argument("--solutions", metavar="DIR", help=argparse.SUPPRESS)
     p.add_argument("--ahead", type=int, metavar="M", help=argparse.SUPPRESS)
+    p.add_argument("--sandbox", choices=("auto", "required", "off"), default="auto",
+                   help="seal each submission off with bubblewrap (auto: where available, else say loudly what is "
+                        "not isolated; required: refuse to run without it)")
     p.add_argument("--no-fork", action="store_true", help="start each kernel as its own process (slower)")
     p.add_argument("--quiet", action="store_true", help="no line per notebook")
     p.set_defaults(run=_grade)

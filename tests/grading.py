@@ -54,3 +54,19 @@ def write(path: Path, notebook: dict | str) -> None:
 def rows(path: Path) -> dict[str, dict]:
     with path.open(newline="", encoding="utf-8") as f:
         return {row["file"]: row for row in csv.DictReader(f)}
+
+
+def marked(marker: str) -> list[int]:
+    """Processes whose command line holds `marker` (sandboxed kernels' pids are not the grader's)."""
+    import os
+
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                    if marker.encode() in f.read():
+                        found.append(int(entry.name))
+            except OSError:
+                pass
+    return found

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from course.cli import main as cli
-from grading import EXTRA_CHECKS, FIRST_WORD, RIGHT, WRONG, learner_copy, rows, with_cells, write
+from grading import EXTRA_CHECKS, FIRST_WORD, RIGHT, WRONG, learner_copy, marked, rows, with_cells, write
 
 
 @pytest.fixture(scope="module")
@@ -114,10 +114,12 @@ def test_a_stopped_run_keeps_its_rows_and_leaves_no_kernel_behind(tmp_path):
     import sys
     import time
 
-    folder, pidfile = tmp_path / "class", tmp_path / "kernel.pid"
+    folder, marker = tmp_path / "class", f"stuck-{os.getpid()}-{time.monotonic_ns()}"
     copy = learner_copy()
     write(folder / "ana" / "00_welcome.ipynb", with_cells(copy, {"c15": RIGHT}))
-    stuck = f"import os, time\nopen({str(pidfile)!r}, 'w').write(str(os.getpid()))\ntime.sleep(600)\n"
+    # The kernel cannot write outside its sandbox: a child process named by a marker shows it is there.
+    stuck = (f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)', "
+             f"{marker!r}])\ntime.sleep(600)\n")
     write(folder / "bo" / "00_welcome.ipynb", with_cells(copy, {"c15": stuck}))
     out = tmp_path / "gradebook.csv"
     course = Path(sys.executable).parent / "course"
@@ -125,7 +127,7 @@ def test_a_stopped_run_keeps_its_rows_and_leaves_no_kernel_behind(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
-        while not (pidfile.exists() and pidfile.read_text() and out.exists() and len(rows(out)) == 1):
+        while not (marked(marker) and out.exists() and len(rows(out)) == 1):
             assert time.monotonic() < deadline and proc.poll() is None, "the run did not get going"
             time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
@@ -135,8 +137,31 @@ def test_a_stopped_run_keeps_its_rows_and_leaves_no_kernel_behind(tmp_path):
             proc.kill()
     assert "interrupted: 1 row(s) kept" in proc.stderr.read()
     assert list(rows(out)) == ["ana/00_welcome.ipynb"]
-    kernel = int(pidfile.read_text())
     deadline = time.monotonic() + 10
-    while os.path.exists(f"/proc/{kernel}") and time.monotonic() < deadline:
+    while marked(marker) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not os.path.exists(f"/proc/{kernel}"), "the stuck kernel outlived the run"
+    assert not marked(marker), "the stuck kernel's process outlived the run"
+
+
+def test_unsandboxed_kernels_get_a_cleared_environment_and_leave_no_temporary_file(tmp_path, capsys):
+    """--sandbox off: said loudly; still no instructor variable in a kernel, and the demos' temporary
+    files (tempfile, as checks' demos make them) go with the kernel's own folder."""
+    import glob
+    import os
+    import tempfile
+    import time
+
+    mark = f"course-demo-{os.getpid()}-{time.monotonic_ns()}"
+    cell = (f"import os, tempfile\ntempfile.mkstemp(prefix={mark!r})\ntempfile.mkdtemp(prefix={mark!r})\n"
+            "leaked = [k for k in os.environ if k.startswith('COURSE_') or k == 'INSTRUCTOR_TOKEN']\n"
+            + RIGHT.replace('f"Hello, {name}!"', 'f"Hello, {name}!" if not leaked else str(leaked)'))
+    write(tmp_path / "class" / "ana" / "00_welcome.ipynb", with_cells(learner_copy(), {"c15": cell}))
+    os.environ["INSTRUCTOR_TOKEN"] = "secret"
+    try:
+        assert cli(["grade", str(tmp_path / "class"), "--out", str(tmp_path / "g.csv"), "--sandbox", "off",
+                    "--jobs", "1"]) == 0
+    finally:
+        os.environ.pop("INSTRUCTOR_TOKEN")
+    assert "NOT sandboxed (--sandbox off)" in capsys.readouterr().err
+    assert rows(tmp_path / "g.csv")["ana/00_welcome.ipynb"]["lesson00.check_hello"] == "passed"
+    assert not glob.glob(os.path.join(tempfile.gettempdir(), mark + "*")) and not glob.glob(f"/var/tmp/{mark}*")

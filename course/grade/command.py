@@ -25,6 +25,23 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
     return int(match[1]), int(match[2])
 
 
+def _sandbox(mode: str, fork: bool, hidden: list) -> list[Path] | None | bool:
+    """The paths the sandbox hides (None: no sandbox; False: refused). Said loudly when off."""
+    from .sandbox import NOT_ISOLATED, probe
+
+    why = "--sandbox off" if mode == "off" else ("--no-fork" if not fork else probe())
+    if not why:
+        if hidden[3] is not None:
+            hidden[3].mkdir(parents=True, exist_ok=True)  # hidden from the start, written later
+        return [Path(p) for p in hidden if p is not None]
+    if mode == "required":
+        print(f"course grade: --sandbox required, but no sandbox here: {why}", file=sys.stderr)
+        return False
+    print(f"course grade: WARNING: submissions are NOT sandboxed ({why}): {NOT_ISOLATED}. Grade only "
+          "notebooks you trust this way, or use --sandbox required.", file=sys.stderr)
+    return None
+
+
 def main(args) -> int:
     import asyncio
 
@@ -62,6 +79,13 @@ def main(args) -> int:
               + (f", shard {part[0]}/{part[1]}" if part else "") + f", {workers} at a time"
               + (f" (up to {max_jobs} while some only wait)" if max_jobs > workers else ""))
         feedback = Path(args.feedback) if getattr(args, "feedback", None) else None
+        fork = (not getattr(args, "no_fork", False)) and hasattr(os, "fork") and sys.platform == "linux"
+        sandbox = _sandbox(getattr(args, "sandbox", None) or "auto", fork,
+                           [solutions, folder, out, feedback, Path(extra) if extra else None,
+                            *(Path(getattr(args, k)) for k in ("canvas", "moodle") if getattr(args, k, None))])
+        if sandbox is False:
+            book.close()
+            return 2
         started = time.perf_counter()
         try:
             asyncio.run(grade_jobs(
@@ -69,8 +93,7 @@ def main(args) -> int:
                 timeout=float(getattr(args, "timeout", None) or 30.0),
                 notebook_timeout=float(getattr(args, "notebook_timeout", None) or 900.0),
                 max_workers=max_jobs,
-                fork=(not getattr(args, "no_fork", False)) and hasattr(os, "fork") and sys.platform == "linux",
-                feedback=feedback, say=(lambda *a: None) if getattr(args, "quiet", False) else print))
+                fork=fork, sandbox=sandbox, feedback=feedback, say=(lambda *a: None) if getattr(args, "quiet", False) else print))
         except (KeyboardInterrupt, asyncio.CancelledError):
             print(f"interrupted: {len(book.rows)} row(s) kept in {out}; the same command goes on from there",
                   file=sys.stderr)

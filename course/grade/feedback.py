@@ -20,6 +20,41 @@ table{border-collapse:collapse}td,th{padding:.2rem .8rem;text-align:left;border-
 .note{background:#fff8c5;padding:.5rem 1rem;border-radius:6px}"""
 
 
+SAFE_TAGS = {"div", "span", "b", "strong", "i", "em", "code", "pre", "p", "ul", "ol", "li", "br", "figure", "img",
+             "figcaption", "table", "thead", "tbody", "tr", "td", "th", "details", "summary", "small", "sup", "sub"}
+SAFE_ATTRS = {"style", "alt", "src", "title", "colspan", "rowspan"}
+
+
+def safe_html(text: str) -> bool:
+    """A report's HTML as the course's checks make it: plain tags, inline styles, embedded PNGs;
+    no script, handler, link or outside resource (else the page shows the report's text, escaped)."""
+    from html.parser import HTMLParser
+
+    class Parser(HTMLParser):
+        ok = True
+
+        def handle_starttag(self, tag, attrs):
+            for name, value in attrs:
+                value = (value or "").lower()
+                if (name not in SAFE_ATTRS or "url(" in value or "expression" in value or "javascript:" in value
+                        or (name == "src" and not value.startswith("data:image/png;base64,"))):
+                    self.ok = False
+            self.ok &= tag in SAFE_TAGS
+
+        def handle_endtag(self, tag):
+            self.ok &= tag in SAFE_TAGS
+
+        def handle_comment(self, data):
+            self.ok = False
+
+        handle_decl = handle_pi = unknown_decl = handle_comment
+
+    parser = Parser(convert_charrefs=True)
+    parser.feed(text)
+    parser.close()
+    return parser.ok
+
+
 def write_feedback(outcome: Outcome, lesson: Lesson, folder: Path) -> Path:
     """One page per learner and lesson: each exercise's verdict and the course check's report
     (observed, expected, hint: never the check's source). Instructor-only checks show their
@@ -54,7 +89,8 @@ def write_feedback(outcome: Outcome, lesson: Lesson, folder: Path) -> Path:
                 parts.append(f"<p>An extra grading check (not in your notebook) <span class='{verdict}'>"
                              f"{verdict}</span>.</p>")
             else:
-                parts.append(output["html"] or f"<pre>{esc(output['text'])}</pre>")
+                page = str(output.get("html") or "")
+                parts.append(page if page and safe_html(page) else f"<pre>{esc(str(output.get('text') or ''))}</pre>")
     parts.append("</body></html>\n")
     target.write_text("".join(parts), encoding="utf-8")
     return target

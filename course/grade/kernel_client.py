@@ -19,6 +19,7 @@ INTERRUPT_GRACE_S = 5.0  # after an interrupt, before the kernel is killed and r
 class CellRun:
     status: str  # "ok", "error", "timeout", "died"
     outputs: list = field(default_factory=list)  # display outputs kept (course-check data)
+    sequence: list = field(default_factory=list)  # ("mark", grading event) and ("report", output), in order
     error: str = ""  # "Ename: evalue" of an error in the cell
     seconds: float = 0.0
     kernel_lost: bool = False  # the kernel must be replaced
@@ -31,7 +32,7 @@ class Kernel:
         self.launcher, self.runtime = launcher, runtime
         Kernel._count += 1
         self.name = f"k{os.getpid() % 10000}-{Kernel._count}"
-        self.cwd = runtime / f"{self.name}-cwd"
+        self.cwd = runtime / self.name  # its own folder: work folder, $HOME, sockets (sandboxed: its uid's only)
         self.pid = None
         self.client = None
 
@@ -43,10 +44,10 @@ class Kernel:
         from jupyter_client.asynchronous import AsyncKernelClient
         from jupyter_client.connect import write_connection_file
 
-        self.cwd.mkdir(parents=True, exist_ok=True)
+        (self.cwd / "tmp").mkdir(parents=True, exist_ok=True)
         ipc = os.name == "posix"  # unix sockets: no ports to collide, no "running over TCP" warning
         conn, info = write_connection_file(str(self.runtime / f"{self.name}.json"), transport="ipc" if ipc else "tcp",
-                                           ip=str(self.runtime / self.name) if ipc else "127.0.0.1",
+                                           ip=str(self.cwd / ".k") if ipc else "127.0.0.1",
                                            key=secrets.token_hex(16).encode())
         self.pid = await self.launcher.launch(conn, str(self.cwd), str(self.runtime / f"{self.name}.log"))
         self.client = AsyncKernelClient()
@@ -77,6 +78,7 @@ class Kernel:
                 await self.client.get_iopub_msg(timeout=0.05)
             except Exception:
                 break
+        code = ""
         if imports:  # warm: the lesson's modules are imported before any learner code runs
             code = ("import importlib as __i\nfor __m in %r:\n    try:\n        __i.import_module(__m)\n"
                     "    except BaseException:\n        pass\n" % (imports,))
@@ -85,10 +87,12 @@ class Kernel:
             code += ("import sys as __s\nfor __m in ('checks.harness',):\n"
                      "    __h = __s.modules.get(__m)\n    if hasattr(__h, 'DEMO_LIMIT_S'):\n"
                      "        __h.DEMO_LIMIT_S = min(__h.DEMO_LIMIT_S, %r)\n" % DEMO_LIMIT_S)
-            code += "for __n in ('__i', '__m', '__h', '__s'):\n    globals().pop(__n, None)\ndel __n"
-            run = await self.run(code, START_TIMEOUT_S, silent=True)
-            if run.status == "died":
-                raise RuntimeError("the kernel died while importing the course's modules")
+            code += "for __n in ('__i', '__m', '__h', '__s'):\n    globals().pop(__n, None)\ndel __n\n"
+        # What a forged result would patch, kept before any learner code runs (see in_kernel.py).
+        code += "import course.grade.in_kernel as __g\n__g.baseline()\ndel __g\n"
+        run = await self.run(code, START_TIMEOUT_S, silent=True)
+        if run.status != "ok":
+            raise RuntimeError(f"the kernel's warm-up cell failed ({run.status}: {run.error})")
         return self
 
     async def run(self, code: str, timeout: float, silent: bool = False) -> CellRun:
@@ -132,12 +136,19 @@ class Kernel:
             elif kind in ("display_data", "execute_result"):
                 data = content.get("data", {})
                 if MIME in data:
-                    event = data[MIME]
-                    if not interrupted:
-                        deadline = max(deadline, loop.time() + float(event.get("limit_s", 0)) + CHECK_GRACE_S)
-                elif "course-check" in (content.get("metadata") or {}):
-                    run.outputs.append({"metadata": content["metadata"], "html": data.get("text/html", ""),
-                                        "text": data.get("text/plain", "")})
+                    event = data[MIME] if isinstance(data[MIME], dict) else {}
+                    run.sequence.append(("mark", event))
+                    if not interrupted and event.get("event") == "start":
+                        try:
+                            limit = min(float(event.get("limit_s", 0)), 600.0)
+                        except (TypeError, ValueError):
+                            limit = 0.0
+                        deadline = max(deadline, loop.time() + limit + CHECK_GRACE_S)
+                elif isinstance((content.get("metadata") or {}).get("course-check"), dict):
+                    output = {"metadata": content["metadata"], "html": str(data.get("text/html", ""))[:200_000],
+                              "text": str(data.get("text/plain", ""))[:200_000]}
+                    run.outputs.append(output)
+                    run.sequence.append(("report", output))
         if not run.kernel_lost:
             try:  # the shell reply, so it does not pile up
                 while True:
@@ -179,9 +190,4 @@ class Kernel:
                 (self.runtime / f"{self.name}{suffix}").unlink()
             except OSError:
                 pass
-        for sock in self.runtime.glob(f"{self.name}-*"):
-            if sock.is_socket():
-                try:
-                    sock.unlink()
-                except OSError:
-                    pass
+

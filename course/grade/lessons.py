@@ -54,7 +54,7 @@ class Lesson:
     title: str
     check_cells: dict[str, CheckCell]  # by cell id, in the notebook's order
     imports: list[str]  # modules its cells import
-    extra: str | None = None  # the instructor's extra checks file, if any
+    extra: str | None = None  # the instructor's extra checks, compiled (base64 of marshal: no file, no source)
     extra_names: set[str] = field(default_factory=set)
 
     @property
@@ -73,6 +73,16 @@ def _extra_check_names(path: Path) -> set[str]:
                 if getattr(target, "id", getattr(target, "attr", "")) == "check":
                     names.add(node.name)
     return names
+
+
+def _compiled(path: Path) -> str:
+    """An extra checks file as the kernel gets it: compiled code (the same interpreter runs it),
+    since the sandbox hides the extra-checks folder from learner code."""
+    import base64
+    import marshal
+
+    code = compile(path.read_text(encoding="utf-8"), f"<instructor checks lesson {path.stem}>", "exec")
+    return base64.b64encode(marshal.dumps(code)).decode("ascii")
 
 
 def load_lessons(solutions: Path, extra_dir: Path | None = None) -> dict[str, Lesson]:
@@ -99,6 +109,6 @@ def load_lessons(solutions: Path, extra_dir: Path | None = None) -> dict[str, Le
         if extra_dir is not None:
             extra = extra_dir / f"lesson{number}.py"
             if extra.exists():
-                lesson.extra, lesson.extra_names = str(extra.resolve()), _extra_check_names(extra)
+                lesson.extra, lesson.extra_names = _compiled(extra), _extra_check_names(extra)
         lessons[number] = lesson
     return lessons

@@ -12,13 +12,21 @@ class Step:
     source: str
     check: CheckCell | None = None  # set for the course's check cells
     index: int = -1  # the learner's cell index (-1: inserted)
+    nonce: str = ""  # a check cell's: its marks carry it, so no earlier output can pass for them
 
 
-def grading_source(cell: CheckCell, lesson: Lesson) -> str:
+def grading_step(cell: CheckCell, lesson: Lesson, index: int) -> Step:
+    import secrets
+
+    nonce = secrets.token_hex(12)
+    return Step(grading_source(cell, lesson, nonce), cell, index, nonce)
+
+
+def grading_source(cell: CheckCell, lesson: Lesson, nonce: str = "") -> str:
     def call(match):
         name = match.group(1)
         extra = lesson.extra if name in lesson.extra_names else None
-        return f"await __course_check__({cell.module!r}, {name!r}, {extra!r})("
+        return f"await __course_check__({cell.module!r}, {name!r}, {extra!r}, {nonce!r})("
 
     return "from course.grade.in_kernel import kernel_check as __course_check__\n" + CHECK_CALL.sub(call, cell.source)
 
@@ -37,9 +45,9 @@ def plan(notebook: dict, lesson: Lesson) -> list[Step]:
         if cell.id in ids:
             continue
         anchor = next((ids.index(a) for a in cell.anchor if a in ids), None)
-        if anchor is None and not any(ids):  # a notebook without ids: find its call instead
+        if anchor is None and not any(ids):  # a notebook without ids: its cell tagged `check` with the call
             anchor = next((i for i, c in enumerate(cells) for name in cell.names
-                           if f"{name}(" in _source(c)), None)
+                           if "check" in _tags(c) and f"{name}(" in _source(c)), None)
             if anchor is not None:
                 cells[anchor] = dict(cells[anchor], cell_type="skip")
         after.setdefault(anchor if anchor is not None else len(cells) - 1, []).append(cell)
@@ -47,11 +55,11 @@ def plan(notebook: dict, lesson: Lesson) -> list[Step]:
         cid = cell.get("id")
         if cid in lesson.check_cells and cid not in placed:
             placed.add(cid)
-            steps.append(Step(grading_source(lesson.check_cells[cid], lesson), lesson.check_cells[cid], index))
+            steps.append(grading_step(lesson.check_cells[cid], lesson, index))
         elif cell.get("cell_type") == "code" and "check" not in _tags(cell) and _source(cell).strip():
             steps.append(Step(_source(cell), None, index))
         for inserted in after.get(index, []):
-            steps.append(Step(grading_source(inserted, lesson), inserted, -1))
+            steps.append(grading_step(inserted, lesson, -1))
     if not cells:
-        steps += [Step(grading_source(c, lesson), c, -1) for c in after.get(-1, [])]
+        steps += [grading_step(c, lesson, -1) for c in after.get(-1, [])]
     return steps

@@ -15,7 +15,7 @@ from .judge import grade_notebook
 from .kernel_client import Kernel
 from .launcher import ZYGOTE_IMPORTS, Launcher
 from .lessons import Lesson
-from .verdicts import NOT_COURSE, Outcome
+from .verdicts import NOT_COURSE, TAMPERED, Outcome
 
 
 def cpu_count() -> int:
@@ -83,7 +83,7 @@ class CpuWatch:
 
 async def grade_jobs(jobs: list[Job], lessons: dict[str, Lesson], book: Gradebook, *, workers: int, ahead: int,
                      timeout: float, notebook_timeout: float, fork: bool, feedback: Path | None,
-                     max_workers: int | None = None, say=print) -> list[Outcome]:
+                     max_workers: int | None = None, say=print, sandbox: list[Path] | None = None) -> list[Outcome]:
     """Grade `jobs`: `workers` notebooks at once, more (up to `max_workers`) while some of the
     running ones wait without using a core; `ahead` kernels started before they are needed."""
     import asyncio
@@ -91,8 +91,11 @@ async def grade_jobs(jobs: list[Job], lessons: dict[str, Lesson], book: Gradeboo
     import tempfile
     from collections import deque
 
-    runtime = Path(tempfile.mkdtemp(prefix="cg-"))  # short: ipc socket paths are limited to ~100 bytes
-    launcher = Launcher(fork, runtime)
+    # Short: ipc socket paths are limited to ~100 bytes. Sandboxed, not under /tmp (each kernel has its own).
+    places = [p for p in ("/var/tmp", "/dev/shm") if os.access(p, os.W_OK)] if sandbox is not None else []
+    runtime = Path(tempfile.mkdtemp(prefix="cg-", dir=places[0] if places else None))
+    os.chmod(runtime, 0o711)  # sandboxed kernels reach their own folder in it, and list nothing
+    launcher = Launcher(fork, runtime, sandbox)
     outcomes: list[Outcome] = []
     live: set[Kernel] = set()
     total = len(jobs)
@@ -119,6 +122,9 @@ async def grade_jobs(jobs: list[Job], lessons: dict[str, Lesson], book: Gradeboo
         say(f"[{len(outcomes)}/{total}] {outcome.job.learner} · {outcome.job.lesson or '--'} · "
             f"{outcome.score}/{len(lesson.exercises) if lesson else 0} · {outcome.status} · {outcome.seconds:.1f} s"
             f" · {outcome.job.rel}")
+        if outcome.status == TAMPERED:
+            for event in outcome.events:
+                say(f"    tampered: {event}")
 
     for job in jobs:
         if job.problem or job.lesson not in lessons:
@@ -138,6 +144,7 @@ async def grade_jobs(jobs: list[Job], lessons: dict[str, Lesson], book: Gradeboo
     except (NotImplementedError, AttributeError, RuntimeError):
         pass
     cores, spared = cpu_count(), float("-inf")
+    retried: set[str] = set()
     try:
         if pending:
             await launcher.start()
@@ -167,7 +174,11 @@ async def grade_jobs(jobs: list[Job], lessons: dict[str, Lesson], book: Gradeboo
                 job, _ = running.pop(task)
                 try:
                     outcome = task.result()
-                except Exception as exc:  # a fault of the grader, not of the learner: no row, so a rerun retries
+                except Exception as exc:  # a fault of the grader, not of the learner: tried again, then no row
+                    if job.rel not in retried:
+                        retried.add(job.rel)
+                        pending.append(job)
+                        continue
                     print(f"course grade: {job.rel} was not graded ({type(exc).__name__}: {exc}); run again to retry",
                           file=sys.stderr)
                     continue

@@ -7,13 +7,14 @@ from dataclasses import dataclass, field
 from .discovery import Job
 
 PASSED, FAILED, TIMED_OUT, DIED, NOT_RUN = "passed", "failed", "timed out", "kernel died", "not run"
+TAMPERED = "tampered"  # a result the course's check did not produce, or a check patched at run time: 0
 GRADED, NOT_COURSE = "graded", "not a course notebook"
 
 
 @dataclass
 class Outcome:
     job: Job
-    results: dict[str, str]  # exercise id → passed / failed / timed out / kernel died / not run
+    results: dict[str, str]  # exercise id → passed / failed / timed out / kernel died / not run / tampered
     status: str
     seconds: float
     reports: dict[str, list] = field(default_factory=dict)  # exercise id → outputs, for feedback
