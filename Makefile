@@ -30,7 +30,7 @@ $(LAB_CONFIG): binder/jupyter_server_config.py $(VENV)/.installed-lab
 	cp binder/jupyter_server_config.py $@
 
 test: $(VENV)/.installed-dev chromium sandbox
-	$(PY) -m pytest tests solutions --nbval-lax -n 2 --dist loadfile
+	$(PY) -m pytest tests -n 2 --dist loadfile
 
 # The browser test drives Debian's chromium (Playwright's own browser download is not used).
 # As root with apt, it is installed; elsewhere the browser test says it is skipped, outside CI.

@@ -2,8 +2,8 @@
 copies answer every cell when JupyterLab's Run All queues them all at once.
 
 nbval cannot test the learner direction (its raises-exception mark also passes cells that do
-not raise, nbval #108), so the notebooks run here in real kernels. The solution notebooks are
-also run by nbval in the same test command, one cell at a time.
+not raise, nbval #108), so the notebooks run here in real kernels. Instructors' CI also runs the
+solutions under nbval (.github/workflows/course.yml), one cell at a time.
 """
 
 from __future__ import annotations
