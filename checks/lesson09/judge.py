@@ -276,8 +276,8 @@ async def _tick_session(report, rec, run: _TickRun, tasks) -> None:
     if first.done and first.error is not None:  # the stream broke: nothing more to judge
         report.fail("each tick arrives as an event", observed=f"the stream broke: the app raised "
                     f"{describe_exception(first.error)}", expected="the ticks published, as events",
-                    hint="A route with `response_class=EventSourceResponse` is an async generator: it `yield`s "
-                         "each `ServerSentEvent` (a `return` sends nothing).")
+                    hint="The generator raised while it streamed: the error names its line. The route `yield`s one "
+                         "`ServerSentEvent` per tick (`data`, a string `id`, `retry` in ms); a `return` sends nothing.")
         run.first = None
         return
     before = _sse_parse(first.body)[1]
