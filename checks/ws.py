@@ -69,6 +69,7 @@ class WSClient:
         self.left_at: float | None = None  # the client left (leave, die)
         self.died = False
         self.stalled = False
+        self.ever_stalled = False  # stopped reading at some point (pictures: resume() clears `stalled`)
         self.received: list[tuple[float, str | bytes]] = []  # what the client read, in order
         self.backlog: list[str | bytes] = []  # sent by the app, not yet read (stalled)
         self.sent: list[tuple[float, str]] = []  # what the client sent
@@ -172,7 +173,7 @@ class WSClient:
 
     def stall(self) -> None:
         """The client stops reading: up to `STALL_BUFFER` messages wait in its buffer, then send() waits."""
-        self.stalled = True
+        self.stalled = self.ever_stalled = True
 
     def resume(self) -> None:
         """The client reads again: its buffer is read and the app's waiting sends go through."""

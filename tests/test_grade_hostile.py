@@ -130,7 +130,7 @@ def hostile(tmp_path_factory):
     copy = learner_copy()
     secrets = [str(ROOT / "solutions"), str(ROOT / ".git"), str(ROOT / "tests"), str(extra), str(extra / "lesson00.py"),
                str(out), str(feedback), str(folder), str(folder / "ana" / "00_welcome.ipynb"),
-               os.path.expanduser("~"), "/work/main/solutions"]
+               os.path.expanduser("~")]
     class_ = {
         "ana": RIGHT, "bo": WRONG,  # honest
         "patcher": PATCH_CHECKS, "reader": reader(secrets, os.getpid()),

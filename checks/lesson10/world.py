@@ -126,13 +126,22 @@ def draw_deliveries(clients, expected: int, title: str) -> bytes:
     """One bar per client: how many of the `expected` messages it received (grey: dead, amber: slow)."""
 
     def draw(ax):
+        from matplotlib.ticker import MaxNLocator
+
         counts = [len(c.received) + len(c.backlog) for c in clients]
-        colors = ["#8c959f" if c.died else "#bf8700" if c.stalled else "#2f81f7" for c in clients]
-        ax.bar(range(1, len(clients) + 1), counts, color=colors)
-        ax.set_xticks(range(1, len(clients) + 1, max(1, len(clients) // 10)))
+        colors = ["#8c959f" if c.died else "#bf8700" if c.ever_stalled else "#2f81f7" for c in clients]
+        numbers = range(1, len(clients) + 1)
+        ax.bar(numbers, counts, color=colors)
+        # A dead client usually got nothing: a bar of height 0 would not show, so mark it.
+        for number, client, count in zip(numbers, clients, counts):
+            if client.died and count == 0:
+                ax.plot(number, 0, marker="x", color="#8c959f", markersize=8, clip_on=False)
+        special = {n for n, c in zip(numbers, clients) if c.died or c.ever_stalled}
+        ax.set_xticks(sorted(set(range(1, len(clients) + 1, max(1, len(clients) // 10))) | special))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.axhline(expected, color="#1a7f37", linewidth=1, linestyle="--")
         ax.text(len(clients) + 0.5, expected, f" {expected} sent", va="bottom", ha="right", fontsize=10, color="#1a7f37")
-        ax.set_xlabel("client (blue: live, grey: dead, amber: stopped reading)", fontsize=10)
+        ax.set_xlabel("client (blue: live, grey or ×: dead, amber: stopped reading)", fontsize=10)
         ax.set_ylabel("messages received", fontsize=10)
         ax.set_ylim(0, expected * 1.25 + 1)
         ax.set_title(title, fontsize=12)

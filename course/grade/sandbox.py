@@ -100,6 +100,32 @@ def bwrap_argv(runtime: Path, hidden: list[Path], env: dict) -> list[str]:
     return argv
 
 
+MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MNT_DETACH = 1, 32, 4096, 16384, 2
+
+
+def _mount(libc, source: str, target: str, kind, flags: int) -> None:
+    import ctypes
+
+    if libc.mount(source.encode(), target.encode(), kind, flags, None) != 0:
+        raise OSError(ctypes.get_errno(), f"mount {source} on {target}")
+
+
+def _needed_under_tmp() -> list[str]:
+    """What a kernel imports from that lives under /tmp: the interpreter's prefixes, the course's code,
+    sys.path folders (outermost only)."""
+    candidates = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix) if p}
+    candidates |= {Path(os.path.realpath(sys.executable)).parent.parent, ROOT.resolve() / "checks",
+                   ROOT.resolve() / "course"}
+    candidates |= {Path(p).resolve() for p in sys.path if p and Path(p).is_dir()}
+    tmp = Path("/tmp")
+    inside = sorted((p for p in candidates if _under(p, tmp) and p != tmp and p.exists()), key=lambda p: len(p.parts))
+    outermost: list[Path] = []
+    for path in inside:
+        if not any(_under(path, kept) for kept in outermost):
+            outermost.append(path)
+    return [str(p) for p in outermost]
+
+
 def seal_kernel(uid: int, home: str, conn: str) -> None:
     """In a kernel just forked in the sandbox (still root there): namespaces of its own, a private
     /tmp and /proc, loopback up, limits, then its own uid for good."""
@@ -113,10 +139,25 @@ def seal_kernel(uid: int, home: str, conn: str) -> None:
     clone_newns, clone_newnet, clone_newipc = 0x00020000, 0x40000000, 0x08000000
     if libc.unshare(clone_newns | clone_newnet | clone_newipc) != 0:
         raise OSError(ctypes.get_errno(), "unshare")
+    # The private /tmp would hide what the kernel runs from when that lives under /tmp (a CI checkout,
+    # its .venv): set those aside (a bind outside /tmp), mount the new /tmp, bind them back read-only.
+    staged = []
+    for index, path in enumerate(_needed_under_tmp()):
+        stage = os.path.join(os.path.dirname(conn), f".stage-{os.getpid()}-{index}")
+        os.mkdir(stage, 0o700)
+        _mount(libc, path, stage, None, MS_BIND | MS_REC)
+        staged.append((stage, path))
     for source, target, kind, options in ((b"tmpfs", b"/tmp", b"tmpfs", f"mode=1777,size={TMP_SIZE}".encode()),
                                           (b"proc", b"/proc", b"proc", b"hidepid=2")):
         if libc.mount(source, target, kind, 0, options) != 0:
             raise OSError(ctypes.get_errno(), f"mount {target.decode()}")
+    for stage, path in staged:
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        _mount(libc, stage, path, None, MS_BIND | MS_REC)
+        _mount(libc, path, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+        if libc.umount2(stage.encode(), MNT_DETACH) != 0:
+            raise OSError(ctypes.get_errno(), f"umount {stage}")
+        os.rmdir(stage)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # loopback up (SIOCGIFFLAGS, SIOCSIFFLAGS)
         flags = struct.unpack("16sH14x", fcntl.ioctl(s, 0x8913, struct.pack("16sH14x", b"lo", 0)))[1]
         fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", flags | 1))
