@@ -73,6 +73,10 @@ def describe_exception(exc: BaseException) -> str:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    # One line: a Pydantic ValidationError spreads over several, ending with a link to its docs.
+    lines = [line.strip() for line in text.splitlines()
+             if line.strip() and not line.strip().startswith("For further information visit")]
+    text = " · ".join(lines)
     if len(text) > 300:
         text = text[:297] + "..."
     where = _learner_frame(exc)

@@ -200,3 +200,17 @@ async def test_a_context_variable_set_by_one_request_stays_in_that_request():
         assert (await client.get("/set")).json() == {"who": "ada"}
         assert (await client.get("/get")).json() == {"who": "nobody"}
     assert who.get() == "nobody"
+
+
+def test_describe_exception_puts_a_pydantic_error_on_one_line_without_its_link():
+    from pydantic import BaseModel, ValidationError
+
+    class Tick(BaseModel):
+        id: str
+
+    try:
+        Tick(id=3)
+    except ValidationError as exc:
+        text = describe_exception(exc)
+    assert "\n" not in text and "errors.pydantic.dev" not in text
+    assert text.startswith("ValidationError: 1 validation error for Tick · id · Input should be a valid string")
