@@ -334,7 +334,7 @@ async def _judge(report, suite: Suite, bugs: list[str], folder: str, must_isolat
     if must_isolate:
         rows = _dev_rows(os.path.join(folder, "right.db"))
         report.add("the tests leave the app's own database alone", rows <= 1,
-                   observed=f"{rows} todos in it after your tests (the welcome todo only before)",
+                   observed=f"{rows} todo{'' if rows == 1 else 's'} in it after your tests; before them, only the welcome todo",
                    expected="only the welcome todo",
                    hint="Override `get_session` with a session on a database made for the test (in-memory "
                         "SQLite with `StaticPool`, tables created with `create_tables`).")
