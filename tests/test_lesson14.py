@@ -183,3 +183,30 @@ async def test_tests_that_fail_on_the_right_service_are_told_so():
                                               'assert response.json()["card_last4"] == "0000"'), name="TestShop"))
     assert names(report) == ["every test passes on the course's service"]
     assert_feedback_rules(report)
+
+
+# ---- instructor-only checks: `course grade --extra-checks examples/instructor` -------------------
+
+def test_grading_runs_the_instructors_extra_check_on_a_right_and_a_wrong_capstone(tmp_path):
+    """The solution passes both; a capstone that caps items at 39 characters passes the course's
+    check (random 8-letter items) and fails the instructor's boundary probe."""
+    from grading import learner_copy, rows, with_cells, write
+
+    from course.cli import main as cli
+
+    solution = json.loads((ROOT / "solutions" / "14_capstone.ipynb").read_text(encoding="utf-8"))
+    cells = {c["id"]: "".join(c["source"]) for c in solution["cells"]}
+    copy = learner_copy("14_capstone")
+    regions = {i: s for i, s in cells.items() if "### BEGIN SOLUTION" in s}
+    right = with_cells(copy, regions)
+    models = next(i for i, s in regions.items() if "class OrderIn" in s)
+    off_by_one = with_cells(right, {models: regions[models].replace("max_length=40", "max_length=39")})
+    write(tmp_path / "class" / "ana" / "14_capstone.ipynb", right)
+    write(tmp_path / "class" / "bo" / "14_capstone.ipynb", off_by_one)
+    out = tmp_path / "gradebook.csv"
+    assert cli(["grade", str(tmp_path / "class"), "--out", str(out), "--extra-checks",
+                str(ROOT / "examples" / "instructor"), "--jobs", "2", "--timeout", "30"]) == 0
+    got = rows(out)
+    ana, bo = got["ana/14_capstone.ipynb"], got["bo/14_capstone.ipynb"]
+    assert [ana[c] for c in ("lesson14.check_contract", "lesson14.check_under_load", "lesson14.check_tests")] == ["passed"] * 3
+    assert bo["lesson14.check_contract"] == "failed" and bo["lesson14.check_under_load"] == "passed", bo
