@@ -45,12 +45,13 @@ SERVICES = ("stock", "shipping")
 
 
 class Mailer:
-    def __init__(self) -> None:
+    def __init__(self, delay_s: float = MAIL_S) -> None:
+        self.delay_s = delay_s
         self.sent: list[tuple[str, int]] = []
 
     async def send(self, to: str, order_id: int) -> None:
         """Send the confirmation of order `order_id` to user `to`."""
-        await asyncio.sleep(MAIL_S)
+        await asyncio.sleep(self.delay_s)
         self.sent.append((to, order_id))
         mark(f"e-mail to {to}: order {order_id}", kind="mark", email=(to, order_id))
 
@@ -75,13 +76,14 @@ class UpstreamClient:
 
 
 class Shop:
-    def __init__(self, database_url: str | None = None) -> None:
+    def __init__(self, database_url: str | None = None, *, latency_s: float = LATENCY_S, mail_s: float = MAIL_S) -> None:
+        self.latency_s = latency_s
         self._folder = None
         if database_url is None:
             self._folder = tempfile.mkdtemp(prefix="course-lesson14-")
             database_url = f"sqlite+aiosqlite:///{os.path.join(self._folder, 'shop.db')}"
         self.database_url = database_url
-        self.mailer = Mailer()
+        self.mailer = Mailer(mail_s)
         self.slow: set[tuple[str, str]] = set()  # (service, item) answering after SLOW_S
         self.failing: set[tuple[str, str]] = set()  # (service, item) raising UpstreamError
         self.reset()
@@ -111,7 +113,7 @@ class Shop:
         active.add(service)
         try:
             with self.in_flight.call():
-                await asyncio.sleep(SLOW_S if (service, item) in self.slow else LATENCY_S)
+                await asyncio.sleep(SLOW_S if (service, item) in self.slow else self.latency_s)
             if (service, item) in self.failing:
                 raise UpstreamError(f"{service} is down")
             return self.answer(service, item)
