@@ -120,8 +120,9 @@ def collect(cls) -> Suite:
 class _Run:
     """One test: its fixtures set up by name, the test called, the fixtures torn down."""
 
-    def __init__(self, suite: Suite, name: str, app):
+    def __init__(self, suite: Suite, name: str, app, provided: dict | None = None):
         self.suite, self.name, self.app = suite, name, app
+        self.provided = provided or {}  # more fixtures the check gives (lesson 14: the shop)
         self.instance = suite.cls()
         self.values: dict[str, object] = {}
         self.teardowns: list = []
@@ -135,6 +136,8 @@ class _Run:
         if name == "app":
             self.outcome.used_app = True
             value = self.app
+        elif name in self.provided:
+            value = self.provided[name]
         elif name == "anyio_backend":
             value = "asyncio"
         elif name == "tmp_path":
@@ -222,11 +225,12 @@ class _Run:
         return self.outcome
 
 
-async def run_tests(suite: Suite, app, order: list[str], *, stop_at_failure: bool = False) -> list[Outcome]:
+async def run_tests(suite: Suite, app, order: list[str], *, stop_at_failure: bool = False,
+                    provided: dict | None = None) -> list[Outcome]:
     outcomes = []
     for name in order:
         before = dict(app.dependency_overrides)
-        outcome = await _Run(suite, name, app).run()
+        outcome = await _Run(suite, name, app, provided).run()
         left = {key: value for key, value in app.dependency_overrides.items() if before.get(key) is not value}
         if left:
             outcome.error = outcome.error or "overrides left: " + ", ".join(getattr(k, "__name__", str(k)) for k in left)
