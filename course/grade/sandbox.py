@@ -191,12 +191,12 @@ def kill_uid(uid: int) -> None:
 
 def pid_namespace(bwrap_pid: int) -> str | None:
     """The pid namespace of the sandbox bwrap `bwrap_pid` started (that of its child, the sandbox's init)."""
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
             try:
-                with open(f"/proc/{entry.name}/stat", encoding="ascii", errors="replace") as f:
+                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
                     if int(f.read().rsplit(")", 1)[1].split()[1]) == bwrap_pid:
-                        return os.readlink(f"/proc/{entry.name}/ns/pid")
+                        return os.readlink(f"/proc/{entry}/ns/pid")
             except (OSError, ValueError, IndexError):
                 continue
     return None
@@ -204,17 +204,17 @@ def pid_namespace(bwrap_pid: int) -> str | None:
 
 def host_pid(ns_pid: int, ns: str) -> int | None:
     """The grader's pid of the sandbox's process `ns_pid` (pid namespace `ns`, e.g. 'pid:[4026…]')."""
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
             continue
         try:
-            if os.readlink(f"/proc/{entry.name}/ns/pid") != ns:
+            if os.readlink(f"/proc/{entry}/ns/pid") != ns:
                 continue
-            with open(f"/proc/{entry.name}/status", encoding="ascii", errors="replace") as f:
+            with open(f"/proc/{entry}/status", encoding="ascii", errors="replace") as f:
                 for line in f:
                     if line.startswith("NSpid:"):
                         if int(line.split()[-1]) == ns_pid:
-                            return int(entry.name)
+                            return int(entry)
                         break
         except (OSError, ValueError):
             continue
