@@ -106,7 +106,10 @@ def learner_notebook(solution: dict, name: str = "notebook") -> dict:
         cell["execution_count"] = None
         cell.get("metadata", {}).pop("execution", None)
     lesson = name.split("_", 1)[0] if name[:2].isdigit() else ""
+    exercises = [solution["cells"][i].get("id") for i in exercise_cells(solution)]
     notebook.setdefault("metadata", {})["course"] = {"lesson": lesson, "build": ""}
+    if exercises and all(exercises):  # a release has no solutions: reset finds an exercise by these
+        notebook["metadata"]["course"]["exercises"] = exercises
     notebook["metadata"]["course"]["build"] = _stamp(notebook)
     return notebook
 
@@ -225,9 +228,13 @@ def _lesson_file(lesson: str, solutions: Path) -> Path:
 
 
 def exercise_cells(notebook: dict) -> list[int]:
-    """Indexes of the cells that hold an exercise (a solution region), in order."""
-    return [i for i, cell in enumerate(notebook["cells"])
-            if cell["cell_type"] == "code" and BEGIN in _source(cell)]
+    """Indexes of the cells that hold an exercise (a solution region, or in a learner copy the
+    cells its build named), in order."""
+    found = [i for i, cell in enumerate(notebook["cells"]) if cell["cell_type"] == "code" and BEGIN in _source(cell)]
+    if found:
+        return found
+    named = notebook.get("metadata", {}).get("course", {}).get("exercises") or []
+    return [i for i, cell in enumerate(notebook["cells"]) if cell.get("id") in named]
 
 
 def reset(lesson: str, exercise: int | None = None, solutions: Path = SOLUTIONS, notebooks: Path = NOTEBOOKS,

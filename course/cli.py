@@ -3,6 +3,7 @@
     course build [--check]          regenerate notebooks/ from solutions/ (changed copies are kept)
     course reset NN [--exercise N]  a fresh copy of lesson NN, or of one exercise in it
     course progress [NN]            which exercises pass
+    course release OUT/             the course without its solutions, for a class's learners
     course guidance [TOPIC]         FastAPI's own guidance (in the package, a folder Lab cannot open)
     course grade FOLDER --out gradebook.csv [--feedback DIR] [--shard K/N | --merge PART...]
                                     run every notebook in FOLDER, one gradebook row per learner and lesson
@@ -11,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import sys
 
 from . import build, progress
@@ -47,6 +49,14 @@ def _guidance(args) -> int:
     return 0
 
 
+def _release(args) -> int:
+    from .release import release
+
+    written = release(Path(args.out))
+    print(f"released into {args.out}: {', '.join(written)} (no solutions; `course reset` reads lessons/)")
+    return 0
+
+
 def _grade(args) -> int:
     from .grade.command import main  # on demand: the other commands start without it
 
@@ -70,6 +80,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("topic", nargs="?", default="SKILL", help="SKILL (default), dependencies, streaming, ...")
     p.add_argument("--section", help="only the section whose heading contains this text")
     p.set_defaults(run=_guidance)
+    p = commands.add_parser("release", help="the course without its solutions, for the learners of a class")
+    p.add_argument("out", help="a new (or empty) folder")
+    p.set_defaults(run=_release)
     p = commands.add_parser("grade", help="grade a folder of learners' notebooks")
     p.add_argument("folder", nargs="?", help="the notebooks to grade (any names, nested folders allowed)")
     p.add_argument("--out", default="gradebook.csv", help="the gradebook CSV (rows are added as they come; "

@@ -10,3 +10,7 @@ from pathlib import Path
 ROOT = Path(os.environ.get("COURSE_ROOT") or Path(__file__).resolve().parent.parent).resolve()
 # Backups are not hidden: JupyterLab's file browser and "Open from Path" refuse dotted paths.
 SOLUTIONS, NOTEBOOKS, BACKUPS = ROOT / "solutions", ROOT / "notebooks", ROOT / "backups"
+# A learners' release (`course release`) has no solutions/: its lessons/ holds the learner copies,
+# which reset, progress and build read instead (building a learner copy gives it back unchanged).
+if not SOLUTIONS.is_dir() and (ROOT / "lessons").is_dir():
+    SOLUTIONS = ROOT / "lessons"
