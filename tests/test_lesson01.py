@@ -536,7 +536,10 @@ SIGNUP_WRONG = [
     (signup_blocks_after_first, LOOP, "hash_password() in signup_blocks_after_first()"),
     (signup_hidden_sleep, SHORT_BLOCK, "time.sleep(0.03) in slow_down_guessing(), line"),
     (signup_scores_in_python, SHORT_BLOCK, ("computed for", "in password_strength(), line", "CPU work in `async def`")),
-    (signup_scores_a_little, SHORT_BLOCK, ("computed for", "in password_strength(), line", "CPU work in `async def`")),
+    # A short stay on a loaded machine: its CPU time may not tell computing from waiting (seen in a
+    # fresh-clone run: 62 ms held, 20 ms of CPU), and the report then names both; the line and the
+    # CPU-work hint are always there.
+    (signup_scores_a_little, SHORT_BLOCK, ("in password_strength(), line", "CPU work in `async def`")),
 ]
 
 

@@ -201,7 +201,8 @@ async def check_settings(report, Settings, create_app):
     plain = value.get_secret_value() if hasattr(value, "get_secret_value") else value
     if plain != key:
         report.fail("Settings() reads SHOP_API_KEY", observed=f"api_key = {str(value)[:40]!r}", expected="the variable's value",
-                    hint="Read the variables with the prefix `SHOP_`: `model_config = SettingsConfigDict(env_prefix=\"SHOP_\")`.")
+                    hint="The variables carry the prefix `SHOP_`: tell the settings class so in its configuration "
+                         "(pydantic-settings calls it the environment prefix).")
         return
     shown = f"{settings!r} {settings}"
     report.add("the key never shows in a log or a traceback", key not in shown and hasattr(value, "get_secret_value"),

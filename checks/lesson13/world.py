@@ -287,6 +287,11 @@ class ServerProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(5)
+        # Workers are the supervisor's children in its group: killed with it, but they may take a
+        # moment to die once the supervisor is gone. Wait (bounded) until none of the group lives.
+        deadline = time.perf_counter() + 5
+        while _group_alive(self.process.pid) and time.perf_counter() < deadline:
+            time.sleep(0.01)
 
     async def __aenter__(self) -> "ServerProcess":
         try:
@@ -297,6 +302,20 @@ class ServerProcess:
 
     async def __aexit__(self, *exc) -> None:
         self.kill()
+
+
+def _group_alive(pgid: int) -> bool:
+    """Some process of group `pgid` is alive (not a zombie)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            return True
+    return False
 
 
 def leftover_servers() -> list[int]:
