@@ -36,7 +36,8 @@ import test_lesson04_deadline  # noqa: E402
 import test_lesson04_fan_out  # noqa: E402
 import test_lesson04_first_completed  # noqa: E402
 import test_lesson04_sessions  # noqa: E402
-import test_lesson05 as l05  # noqa: E402
+import test_lesson05_asgi  # noqa: E402
+import test_lesson05_request_headers  # noqa: E402
 from checks.lesson01 import check_forecast, check_report, check_signup  # noqa: E402
 from checks.lesson04 import (  # noqa: E402
     check_dashboard, check_deadline, check_fan_out, check_first_completed, check_one_session_per_task,
@@ -45,6 +46,9 @@ from checks.lesson04 import (  # noqa: E402
 l04 = types.SimpleNamespace(**{name: value for module in (
     test_lesson04_dashboard, test_lesson04_deadline, test_lesson04_fan_out, test_lesson04_first_completed,
     test_lesson04_sessions) for name, value in vars(module).items() if not name.startswith("_")})
+# Lesson 05's answers live in one test module per exercise.
+l05 = types.SimpleNamespace(**{name: value for module in (test_lesson05_request_headers, test_lesson05_asgi)
+                                for name, value in vars(module).items() if not name.startswith("_")})
 from checks.lesson05 import RequestContext, check_asgi_middleware, check_request_headers  # noqa: E402
 
 
