@@ -468,12 +468,12 @@ async def signup_one_hash_at_a_time(signup: Signup):
     return {"id": await user_store.save(signup.email, password_hash), "email": signup.email}
 
 
-_processes = ProcessPoolExecutor(max_workers=1)  # "CPU work belongs in a process pool"
-
-
 async def signup_process_pool(signup: Signup):
+    """"CPU work belongs in a process pool" (a pool per call here, shut down with it: a module-level
+    one kept its worker process alive for the rest of the test session)."""
     loop = asyncio.get_running_loop()
-    password_hash = await loop.run_in_executor(_processes, hash_password, signup.password)
+    with ProcessPoolExecutor(max_workers=1) as processes:
+        password_hash = await loop.run_in_executor(processes, hash_password, signup.password)
     return {"id": await user_store.save(signup.email, password_hash), "email": signup.email}
 
 

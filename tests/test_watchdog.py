@@ -63,8 +63,10 @@ async def test_several_blocked_tasks_are_each_stopped():
 
 async def test_awaiting_forever_is_a_timeout_but_not_a_block():
     elapsed, error = await elapsed_until_timeout(lambda: asyncio.Event().wait())
-    assert not error.blocked
-    assert elapsed < 1.0
+    assert not error.blocked  # the soft deadline ended it: the alarm never had to fire
+    # Bounded, not timed: the garbage collection after a stop takes ~1 s in a test worker holding
+    # a whole suite's objects (1.14 s seen in a fresh-clone run).
+    assert elapsed < 5.0
 
 
 async def test_a_timeout_error_of_the_code_itself_is_not_mistaken_for_the_limit():
@@ -93,7 +95,7 @@ async def test_code_that_turns_the_cancellation_into_its_own_error_still_times_o
             raise RuntimeError("startup failed") from None
 
     elapsed, error = await elapsed_until_timeout(converts)
-    assert not error.blocked and elapsed < 1.0
+    assert not error.blocked and elapsed < 5.0  # bounded (see above), and not taken for a block
 
 
 async def test_waiting_on_the_loop_itself_from_a_coroutine_is_stopped():
