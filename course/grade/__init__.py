@@ -40,6 +40,7 @@ The package, by stage (a module imports only stages above it in this list):
     gradebook.py      the CSV: rows as they come, resume, merge of shard parts
     exports.py        Canvas and Moodle import files
     feedback.py       one HTML page per learner and lesson
+    report.py         the class at a glance: one HTML page for the instructor
     scheduler.py      the run: notebooks at once, kernels ahead, CPU watching, SIGTERM
     command.py        `course grade`'s command line over the stages
 
