@@ -186,15 +186,26 @@ def test_unsandboxed_kernels_get_a_cleared_environment_and_leave_no_temporary_fi
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the grader's peak memory from /proc")
 def test_a_cell_that_floods_its_output_is_stopped_without_taking_the_graders_memory(tmp_path):
-    """60 MB printed in a loop, with the cap lowered to 5 MB: the cell is stopped (a clear status and
-    note), the check after it still passes in a fresh kernel, and the grader's peak memory stays near
-    its baseline (measured: 37 MB with the cap, 213 MB without it)."""
+    """60 MB printed in a loop (or 12 MB at once), with the cap lowered to 5 MB: the cell is stopped
+    (a clear status and note), the check after it still passes in a fresh kernel, and the grader's
+    peak memory stays near its baseline (measured: 37 MB with the cap, 213 MB without it).
+    Sandboxed, a kernel that asks for 3 GB gets a MemoryError."""
     import os
     import subprocess
     import sys
 
+    from course.grade.sandbox import probe
+
     flood = "for _ in range(60):\n    print('x' * 1_000_000)\n"
     write(tmp_path / "class" / "ana" / "00_welcome.ipynb", with_cells(learner_copy(), {"c15": RIGHT, "c17": flood}))
+    # One message over the cap: never taken in (the connection is dropped), still stopped as over it.
+    write(tmp_path / "class" / "bo" / "00_welcome.ipynb", with_cells(learner_copy(), {"c15": RIGHT,
+                                                                                       "c17": "print('x' * 12_000_000)"}))
+    sandboxed = not probe()
+    if sandboxed:  # 3 GB is past a sandboxed kernel's memory limit: MemoryError, and numpy still imports
+        hog = ("import numpy\ntry:\n    hog = bytearray(3 << 30)\nexcept MemoryError:\n    hog = None\n"
+               + RIGHT.replace('f"Hello, {name}!"', 'f"Hello, {name}!" if hog is None else "allocated"'))
+        write(tmp_path / "class" / "cy" / "00_welcome.ipynb", with_cells(learner_copy(), {"c15": hog}))
     out, feedback = tmp_path / "g.csv", tmp_path / "feedback"
     peak = ("import sys\nfrom course.cli import main\nsys.argv[0] = 'course'\ntry:\n    main()\nfinally:\n"
             "    print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0], file=sys.stderr)\n")
@@ -202,8 +213,13 @@ def test_a_cell_that_floods_its_output_is_stopped_without_taking_the_graders_mem
                           "--feedback", str(feedback), "--jobs", "1"], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "COURSE_GRADE_OUTPUT_CAP_MB": "5"})
     assert run.returncode == 0, run.stderr
-    row = rows(out)["ana/00_welcome.ipynb"]
-    assert (row["status"], row["lesson00.check_hello"]) == ("output over limit", "passed")
+    got = rows(out)
+    for learner in ("ana", "bo"):
+        row = got[f"{learner}/00_welcome.ipynb"]
+        assert (row["status"], row["lesson00.check_hello"]) == ("output over limit", "passed"), learner
+    if sandboxed:
+        assert (got["cy/00_welcome.ipynb"]["status"], got["cy/00_welcome.ipynb"]["lesson00.check_hello"]) == (
+            "graded", "passed")
     peak_kb = int(run.stderr.split("VmHWM:")[1].split()[0])
     assert peak_kb < 120_000, f"the grader's peak memory reached {peak_kb} kB"
     page = (feedback / "ana" / "00_welcome.html").read_text(encoding="utf-8")
