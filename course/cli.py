@@ -93,6 +93,8 @@ def parser() -> argparse.ArgumentParser:
                    "(default 2 x --jobs; set it to --jobs to turn this off)")
     p.add_argument("--shard", metavar="K/N", help="grade only part K of N (deterministic; join the parts with --merge)")
     p.add_argument("--merge", nargs="+", metavar="PART", help="join gradebook parts into --out instead of grading")
+    p.add_argument("--report", metavar="HTML", help="the class report for the instructor (default: next to --out, "
+                   "gradebook.csv → gradebook-report.html)")
     p.add_argument("--canvas", metavar="CSV", help="also write a file for Canvas's gradebook import")
     p.add_argument("--moodle", metavar="CSV", help="also write a file for Moodle's CSV grade import")
     p.add_argument("--extra-checks", metavar="DIR", help="instructor-only checks: DIR/lessonNN.py, never shown to learners")

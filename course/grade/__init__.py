@@ -21,8 +21,9 @@ Robustness. Every cell has a deadline (`--timeout`, extended by the running chec
 `limit_s`); a cell past it is interrupted, and a kernel that does not come back, or dies
 (`os._exit`, a crash), is replaced: the learner's cells before the failing one are run again in a
 fresh kernel, the failing cell is skipped, and grading goes on, so one broken exercise does not
-cost the others. The row's status says what happened: graded, timed out, kernel died, or not a
-course notebook.
+cost the others. A cell that sends more than 20 MB of output is stopped the same way. The row's
+status says what happened: graded, timed out, kernel died, output over limit, tampered, or not a
+course notebook. Each run also writes a class report for the instructor (report.py).
 
 Kernels run in a temporary folder without COURSE_PROGRESS_FILE, so grading never records into a
 learner's progress (course.progress records only in notebooks/ or where that variable is set).
@@ -40,6 +41,7 @@ The package, by stage (a module imports only stages above it in this list):
     gradebook.py      the CSV: rows as they come, resume, merge of shard parts
     exports.py        Canvas and Moodle import files
     feedback.py       one HTML page per learner and lesson
+    report.py         the class at a glance: one HTML page for the instructor
     scheduler.py      the run: notebooks at once, kernels ahead, CPU watching, SIGTERM
     command.py        `course grade`'s command line over the stages
 

@@ -13,6 +13,7 @@ from .discovery import find_jobs, shard
 from .exports import write_canvas, write_moodle
 from .gradebook import Gradebook, columns_for, merge
 from .lessons import load_lessons
+from .report import default_path, write_report
 from .scheduler import cpu_count, grade_jobs
 
 
@@ -49,6 +50,8 @@ def main(args) -> int:
     extra = getattr(args, "extra_checks", None)
     lessons = load_lessons(solutions, Path(extra) if extra else None)
     out = Path(args.out)
+    report = Path(getattr(args, "report", None) or default_path(out))
+    outcomes: list = []
     merge_parts = getattr(args, "merge", None)
     if merge_parts:
         rows = merge([Path(p) for p in merge_parts], out)
@@ -82,13 +85,14 @@ def main(args) -> int:
         fork = (not getattr(args, "no_fork", False)) and hasattr(os, "fork") and sys.platform == "linux"
         sandbox = _sandbox(getattr(args, "sandbox", None) or "auto", fork,
                            [solutions, folder, out, feedback, Path(extra) if extra else None,
-                            *(Path(getattr(args, k)) for k in ("canvas", "moodle") if getattr(args, k, None))])
+                            *(Path(getattr(args, k)) for k in ("canvas", "moodle") if getattr(args, k, None)),
+                            report])
         if sandbox is False:
             book.close()
             return 2
         started = time.perf_counter()
         try:
-            asyncio.run(grade_jobs(
+            outcomes = asyncio.run(grade_jobs(
                 todo, lessons, book, workers=workers, ahead=int(getattr(args, "ahead", None) or workers),
                 timeout=float(getattr(args, "timeout", None) or 30.0),
                 notebook_timeout=float(getattr(args, "notebook_timeout", None) or 900.0),
@@ -102,6 +106,8 @@ def main(args) -> int:
             book.close()
         rows = book.rows
         print(f"{len(todo)} graded in {time.perf_counter() - started:.1f} s; gradebook: {out}")
+    write_report(report, rows, lessons, outcomes)
+    print(f"class report: {report}")
     if getattr(args, "canvas", None):
         write_canvas(rows, lessons, Path(args.canvas))
         print(f"Canvas import file: {args.canvas}")

@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 
 from .discovery import Job
-from .kernel_client import CellRun
+from .kernel_client import CellRun, output_cap
 from .lessons import CheckCell, Lesson
 from .plan import plan
-from .verdicts import DIED, FAILED, GRADED, NOT_RUN, PASSED, TAMPERED, TIMED_OUT, Outcome
+from .verdicts import DIED, FAILED, GRADED, NOT_RUN, OVER_OUTPUT, PASSED, TAMPERED, TIMED_OUT, Outcome
 
 FORGED = "a `course-check` result that the course's check did not produce"
 
@@ -76,6 +76,9 @@ def _judge(cell: CheckCell, name: str, run: CellRun, lesson: Lesson, accepted: d
     if run.status == "died":
         return DIED, ("The kernel died while this check ran your code: something it called ended or crashed the "
                       "Python process (os._exit, a crash in a C extension, running out of memory).")
+    if run.status == "output":
+        return FAILED, (f"Output over {output_cap() >> 20} MB: stopped. This check's cell sent more output than "
+                        "grading takes from one cell (something it called printed in a loop?).")
     if run.status == "timeout":
         return TIMED_OUT, "The check did not finish even well past its own time limit, and was stopped."
     if not course:
@@ -140,6 +143,8 @@ async def grade_notebook(job: Job, lesson: Lesson, first: asyncio.Task, new_kern
             incidents.add(TIMED_OUT)
         if run.status == "died":
             incidents.add(DIED)
+        if run.status == "output":
+            incidents.add(OVER_OUTPUT)
         if step.check is not None:
             accepted, tampered = read_marks(step, run)
             for name in step.check.names:
@@ -150,10 +155,12 @@ async def grade_notebook(job: Job, lesson: Lesson, first: asyncio.Task, new_kern
                     accepted[(exercise, role)] for role in ("course", "extra") if (exercise, role) in accepted]
                 if note:
                     outcome.notes[exercise] = note
-        if step.check is None and run.status in ("timeout", "died"):
+        if step.check is None and run.status in ("timeout", "died", "output"):
             first = next((line.strip() for line in step.source.splitlines() if line.strip()), "")
             where = f"Your cell {step.index + 1} (it starts `{first[:60]}`)"
-            what = "ran past its time limit and was stopped" if run.status == "timeout" else "made the kernel die"
+            what = {"timeout": "ran past its time limit and was stopped", "died": "made the kernel die",
+                    "output": f"printed more than {output_cap() >> 20} MB (output over {output_cap() >> 20} MB: "
+                              "stopped)"}[run.status]
             outcome.events.append(f"{where} {what}" + (
                 ": a fresh kernel ran your cells before it again and went on after it." if run.kernel_lost else "."))
         if run.kernel_lost:
@@ -165,7 +172,7 @@ async def grade_notebook(job: Job, lesson: Lesson, first: asyncio.Task, new_kern
         kernel.close()
     if any(value == NOT_RUN for value in results.values()) and not incidents:
         incidents.add(DIED)
-    outcome.status = DIED if DIED in incidents else TIMED_OUT if TIMED_OUT in incidents else GRADED
+    outcome.status = next((s for s in (DIED, TIMED_OUT, OVER_OUTPUT) if s in incidents), GRADED)
     if TAMPERED in results.values():
         outcome.status = TAMPERED
         outcome.events += [f"{exercise}: {outcome.notes[exercise]}" for exercise, value in results.items()

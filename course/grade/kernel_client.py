@@ -13,11 +13,28 @@ from .launcher import START_TIMEOUT_S, Launcher
 DEMO_LIMIT_S = 5.0  # while grading, a demo cell that runs learner code under serve() stops sooner (not graded)
 CHECK_GRACE_S = 15.0  # beyond a check's own limit_s before its cell is interrupted
 INTERRUPT_GRACE_S = 5.0  # after an interrupt, before the kernel is killed and replaced
+OUTPUT_CAP_MB = 20  # what one cell may send (stream, display, errors); past it the kernel is killed and replaced
+OUTPUT_KINDS = ("stream", "display_data", "execute_result", "update_display_data", "error")
+
+
+def output_cap() -> int:
+    """Bytes one cell may send: OUTPUT_CAP_MB, or COURSE_GRADE_OUTPUT_CAP_MB (tests lower it)."""
+    try:
+        return int(float(os.environ.get("COURSE_GRADE_OUTPUT_CAP_MB", OUTPUT_CAP_MB)) * (1 << 20))
+    except ValueError:
+        return OUTPUT_CAP_MB << 20
+
+
+def _size(content: dict) -> int:
+    """Roughly the bytes an output message carries (its text and data)."""
+    total = len(str(content.get("text", ""))) + len(str(content.get("evalue", "")))
+    total += sum(len(str(line)) for line in content.get("traceback", []) or [])
+    return total + sum(len(str(value)) for value in (content.get("data") or {}).values())
 
 
 @dataclass
 class CellRun:
-    status: str  # "ok", "error", "timeout", "died"
+    status: str  # "ok", "error", "timeout", "died", "output" (over the output cap: stopped)
     outputs: list = field(default_factory=list)  # display outputs kept (course-check data)
     sequence: list = field(default_factory=list)  # ("mark", grading event) and ("report", output), in order
     error: str = ""  # "Ename: evalue" of an error in the cell
@@ -52,7 +69,16 @@ class Kernel:
         self.pid = await self.launcher.launch(conn, str(self.cwd), str(self.runtime / f"{self.name}.log"))
         self.client = AsyncKernelClient()
         self.client.load_connection_info(info)
+        import zmq
+
+        # A message past the cap is never taken in whole: zmq drops the connection instead (and
+        # reconnects); the monitor below sees that, and the cell is stopped as over the cap.
+        self.client.context.setsockopt(zmq.MAXMSGSIZE, output_cap() + (1 << 20))
         self.client.start_channels()
+        address = f"inproc://course-grade-iopub-{self.name}"
+        self.client.iopub_channel.socket.monitor(address, zmq.EVENT_DISCONNECTED)
+        self._monitor = zmq.Context.shadow(self.client.context.underlying).socket(zmq.PAIR)
+        self._monitor.connect(address)
         deadline = asyncio.get_running_loop().time() + START_TIMEOUT_S
         replied = False
         while True:  # ready: a kernel_info reply on shell, and iopub connected (it shows the status)
@@ -106,8 +132,21 @@ class Kernel:
                                      stop_on_error=False)
         run = CellRun("ok")
         interrupted = False
+        cap, sent, dropped = output_cap(), 0, None
+        self._dropped()  # a disconnect before this cell is not its doing
         while True:
             now = loop.time()
+            if dropped is None and self._dropped():
+                dropped = now
+            # Everything the kernel sends, whoever's it is, counts. A dropped connection is a message over
+            # the cap only if the kernel is still alive a moment later (a dying kernel drops it too).
+            if sent > cap or (dropped is not None and now - dropped >= 1.0 and self.launcher.alive(self.pid)):
+                self.kill()
+                run.status, run.kernel_lost = "output", True
+                break
+            if dropped is not None and not self.launcher.alive(self.pid):
+                run.status, run.kernel_lost = "died", True
+                break
             if now >= deadline:
                 if interrupted:
                     self.kill()
@@ -124,9 +163,11 @@ class Kernel:
                     run.status, run.kernel_lost = "died", True
                     break
                 continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind in OUTPUT_KINDS:
+                sent += _size(content)
             if msg["parent_header"].get("msg_id") != msg_id:
                 continue
-            kind, content = msg["msg_type"], msg["content"]
             if kind == "status" and content.get("execution_state") == "idle":
                 break
             if kind == "error":
@@ -149,6 +190,9 @@ class Kernel:
                               "text": str(data.get("text/plain", ""))[:200_000]}
                     run.outputs.append(output)
                     run.sequence.append(("report", output))
+        if dropped is not None and not run.kernel_lost:  # it finished, but sent a message over the cap
+            self.kill()
+            run.status, run.kernel_lost = "output", True
         if not run.kernel_lost:
             try:  # the shell reply, so it does not pile up
                 while True:
@@ -159,6 +203,17 @@ class Kernel:
                 pass
         run.seconds = loop.time() - started
         return run
+
+    def _dropped(self) -> bool:
+        """Whether iopub was disconnected (a message over the size limit) since the last look."""
+        import zmq
+
+        seen = False
+        monitor = getattr(self, "_monitor", None)
+        while monitor is not None and monitor.poll(0):
+            monitor.recv_multipart(zmq.NOBLOCK)
+            seen = True
+        return seen
 
     def interrupt(self) -> None:
         import signal
@@ -179,6 +234,12 @@ class Kernel:
             return
         self._closed = True
         self.kill()
+        if getattr(self, "_monitor", None) is not None:
+            try:
+                self.client.iopub_channel.socket.disable_monitor()
+            except Exception:
+                pass
+            self._monitor.close(linger=0)
         if self.client is not None:
             try:
                 self.client.stop_channels()

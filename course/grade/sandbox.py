@@ -6,7 +6,8 @@ network, a cleared environment, and empty folders over `solutions/`, the submiss
 gradebook, the feedback and extra-checks folders, $HOME and /tmp. Each kernel forked from it then
 takes its own mount, network and IPC namespaces (a private /tmp, its own loopback, a /proc that
 shows only its own processes), and drops root for a uid of its own (no other kernel's files,
-processes or signals in reach; no way back: bwrap sets no_new_privs). Its processes are ended
+processes or signals in reach; no way back: bwrap sets no_new_privs), with at most MAX_DATA_BYTES of
+memory per process. Its processes are ended
 together by uid when it closes.
 """
 
@@ -25,6 +26,7 @@ UID_SLOTS = 64
 TMP_SIZE = "512m"  # each kernel's private /tmp
 MAX_PROCESSES = 256  # per kernel (its uid): a fork bomb stops here
 MAX_FILE_BYTES = 1 << 30  # per file a kernel writes
+MAX_DATA_BYTES = 2 << 30  # per kernel process (RLIMIT_DATA: its heap and private mappings): MemoryError past it
 NOT_ISOLATED = ("learner code runs as you: it can read your files and environment, solutions/ and the "
                 "extra checks, change the course's files, reach the network and other submissions, and "
                 "leave processes running")
@@ -169,6 +171,8 @@ def seal_kernel(uid: int, home: str, conn: str) -> None:
     resource.setrlimit(resource.RLIMIT_NPROC, (MAX_PROCESSES, MAX_PROCESSES))
     resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_FILE_BYTES, MAX_FILE_BYTES))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    # Not RLIMIT_AS: shared libraries and thread stacks reserve address space that is never used.
+    resource.setrlimit(resource.RLIMIT_DATA, (MAX_DATA_BYTES, MAX_DATA_BYTES))
     os.setgroups([])
     os.setgid(uid)
     os.setuid(uid)

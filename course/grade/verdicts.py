@@ -9,6 +9,7 @@ from .discovery import Job
 PASSED, FAILED, TIMED_OUT, DIED, NOT_RUN = "passed", "failed", "timed out", "kernel died", "not run"
 TAMPERED = "tampered"  # a result the course's check did not produce, or a check patched at run time: 0
 GRADED, NOT_COURSE = "graded", "not a course notebook"
+OVER_OUTPUT = "output over limit"  # a cell sent more than the output cap: its kernel was killed and replaced
 
 
 @dataclass
