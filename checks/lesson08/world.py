@@ -17,7 +17,6 @@ import random
 import sys
 import tempfile
 import threading
-import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,6 +28,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from ..blocking import blocking_call
 from ..harness import _learner_frame_of
 from ..recorder import mark
+from ..services import pbkdf2_iterations
 from ..timing import InFlight
 
 
@@ -362,11 +362,7 @@ class InvoiceRenderer:
         return f"%PDF-1.7\n% invoice {order_id} {digest}\n".encode()
 
     def _calibrate(self) -> int:
-        probe = 20_000
-        start = time.perf_counter()
-        hashlib.pbkdf2_hmac("sha256", b"probe", b"salt", probe)
-        elapsed = max(time.perf_counter() - start, 1e-4)
-        return max(1_000, int(probe * self.target_s / elapsed))
+        return pbkdf2_iterations(self.target_s)
 
     def __call__(self, order_id: int) -> bytes:
         if not isinstance(order_id, int):
