@@ -285,3 +285,22 @@ async def test_a_server_left_by_an_error_is_killed():
         async with ServerProcess():
             raise RuntimeError("the learner's code failed")
     assert leftover_servers() == []
+
+
+def test_only_this_process_servers_are_counted():
+    """A notebook's kernel running lesson 13 next to the tests (CI's other worker) is not a leak here."""
+    import os
+    import subprocess
+    import sys
+
+    from checks.lesson13.world import MARKER, _mark
+
+    sleeper = [sys.executable, "-c", "import time; time.sleep(30)"]
+    ours = subprocess.Popen(sleeper, env=dict(os.environ, **{MARKER: _mark(os.getpid())}))
+    theirs = subprocess.Popen(sleeper, env=dict(os.environ, **{MARKER: _mark(os.getpid() + 100_000)}))
+    try:
+        assert leftover_servers() == [ours.pid]
+    finally:
+        for process in (ours, theirs):
+            process.kill()
+            process.wait()

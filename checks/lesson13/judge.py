@@ -36,6 +36,14 @@ class _PoolWatch:
         self.phase = "before"
         self.created: list[tuple[str, int]] = []  # (phase, id)
         self.shut: set[int] = set()
+        self.pools: list[ProcessPoolExecutor] = []
+        self.workers: set[int] = set()  # every worker pid seen, whether or not it ran a job
+        self.job_pids: set = set()  # the processes the jobs say they ran in
+
+    def note_workers(self) -> None:
+        """A pool starts workers on demand and forgets them at shutdown: note them while it has them."""
+        for pool in self.pools:
+            self.workers.update(getattr(pool, "_processes", None) or ())
 
     def __enter__(self) -> "_PoolWatch":
         self._init, self._shutdown = ProcessPoolExecutor.__init__, ProcessPoolExecutor.shutdown
@@ -43,10 +51,12 @@ class _PoolWatch:
 
         def __init__(pool, *args, **kwargs):
             watch.created.append((watch.phase, id(pool)))
+            watch.pools.append(pool)
             init(pool, *args, **kwargs)
 
         def _shutdown(pool, *args, **kwargs):
             watch.shut.add(id(pool))
+            watch.note_workers()
             return shutdown(pool, *args, **kwargs)
 
         ProcessPoolExecutor.__init__, ProcessPoolExecutor.shutdown = __init__, _shutdown
@@ -74,33 +84,43 @@ async def check_pool(report, app):
     rounds = rounds_for(JOB_S)
     seed = secrets.token_hex(4)
     digest = expected_digest(rounds, seed)
-    server_pid = os.getpid()
-    jobs, pids = [], set()
     with _PoolWatch() as pools:
         try:
-            pools.phase = "startup"
-            async with live_server(app, timeout_s=20) as live:
-                pools.phase = "requests"
-                # The first request may start the pool's processes: do it before measuring.
-                first = await live.client.get("/crunch", params={"rounds": 1000, "seed": seed})
-                if first.status_code != 200:
-                    report.fail("GET /crunch answers 200", observed=f"{first.status_code}: {first.text[:120]}",
-                                expected="200 and crunch()'s result",
-                                hint="Run `crunch(rounds, seed)` in the pool and return what it returns.")
-                    return
-                async with LoopMonitor() as monitor:
-                    answers = await asyncio.gather(*(live.client.get("/crunch", params={"rounds": rounds, "seed": seed})
-                                                     for _ in range(4)))
-                bad = next((a for a in answers if a.status_code != 200), None)
-                if bad is not None:
-                    report.fail("four jobs at once answer 200", observed=f"{bad.status_code}: {bad.text[:120]}",
-                                expected="200 each", hint="Each request runs one job in the pool and returns its result.")
-                    return
-                jobs = [a.json() for a in answers]
-                pids = {job.get("pid") for job in jobs if isinstance(job, dict)}
-                pools.phase = "shutdown"
+            await _run_pool(report, app, pools, rounds, seed, digest)
         finally:
             pools.phase = "after"
+            _stop_leftovers(pools)
+
+
+async def _run_pool(report, app, pools: _PoolWatch, rounds: int, seed: str, digest: str) -> None:
+    pools.phase = "startup"
+    async with live_server(app, timeout_s=20) as live:
+        pools.phase = "requests"
+        # The first request may start the pool's processes: do it before measuring.
+        first = await live.client.get("/crunch", params={"rounds": 1000, "seed": seed})
+        if first.status_code != 200:
+            report.fail("GET /crunch answers 200", observed=f"{first.status_code}: {first.text[:120]}",
+                        expected="200 and crunch()'s result",
+                        hint="Run `crunch(rounds, seed)` in the pool and return what it returns.")
+            return
+        async with LoopMonitor() as monitor:
+            answers = await asyncio.gather(*(live.client.get("/crunch", params={"rounds": rounds, "seed": seed})
+                                             for _ in range(4)))
+        bad = next((a for a in answers if a.status_code != 200), None)
+        if bad is not None:
+            report.fail("four jobs at once answer 200", observed=f"{bad.status_code}: {bad.text[:120]}",
+                        expected="200 each", hint="Each request runs one job in the pool and returns its result.")
+            return
+        jobs = [a.json() for a in answers]
+        pools.job_pids = {job.get("pid") for job in jobs if isinstance(job, dict)}
+        pools.note_workers()
+        pools.phase = "shutdown"
+    pools.phase = "after"
+    _judge_pool(report, jobs, pools, digest, monitor.max_gap_s)
+
+
+def _judge_pool(report, jobs: list, pools: _PoolWatch, digest: str, gap: float) -> None:
+    server_pid, pids = os.getpid(), pools.job_pids
     if any(not isinstance(job, dict) or job.get("digest") != digest for job in jobs):
         shown = jobs[0].get("digest") if isinstance(jobs[0], dict) else jobs[0]
         report.fail("the job's result comes back", observed=f"digest {str(shown)[:40]!r}",
@@ -115,7 +135,6 @@ async def check_pool(report, app):
                     "its one GIL: pure-Python CPU work goes to a process pool, through `loop.run_in_executor`.")
     # One job's own duration, measured in this run: a loop that ran a job itself stalled that long.
     job_s = min(job["ended"] - job["started"] for job in jobs)
-    gap = monitor.max_gap_s
     report.add("the event loop stays free while jobs run", gap < job_s / 2,
                observed=f"the loop's longest stall: {gap * 1000:.0f} ms; one job takes about {job_s * 1000:.0f} ms",
                expected=f"under {job_s * 500:.0f} ms",
@@ -135,7 +154,7 @@ async def check_pool(report, app):
                      if "requests" in made else
                      "A pool made when the module is imported outlives the app and is never shut down. ")
                     + "Make it in the lifespan, before `yield`, and hand it to routes through the state.")
-    alive = sorted(pid for pid in pids if _alive(pid))
+    alive = sorted(pid for pid in pids | pools.workers if _alive(pid))
     shut = any(pool_id in pools.shut for _, pool_id in pools.created)
     report.add("the pool is shut down at exit", not alive and shut,
                observed=(f"worker processes {alive} still running after the app stopped" if alive else
@@ -143,9 +162,19 @@ async def check_pool(report, app):
                expected="no worker left",
                hint="After `yield`, the lifespan shuts the pool down (`with ProcessPoolExecutor(...)` does it), "
                     "so no worker process outlives the app.")
-    for pid in alive:  # never leave a process behind, whatever the answer
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
+
+
+def _stop_leftovers(pools: _PoolWatch) -> None:
+    """Never leave a process behind, whatever the answer: workers that ran a job or merely started."""
+    pools.note_workers()
+    for pid in {pid for pid in pools.job_pids | pools.workers if isinstance(pid, int) and pid != os.getpid()}:
+        if _alive(pid):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    for pool in pools.pools:  # a pool never shut down keeps its manager thread: let it end
+        if id(pool) not in pools.shut:
+            with contextlib.suppress(Exception):
+                pool.shutdown(wait=False, cancel_futures=True)
 
 
 # ---- exercise 2: settings and routers ------------------------------------------------------------

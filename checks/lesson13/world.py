@@ -33,7 +33,7 @@ from ..harness import serve
 from ..plots import ERROR_COLOR, OK_COLOR, render_png
 
 MARKER = "COURSE_SERVER"  # every server process the lesson starts carries it in its environment
-MARK = "lesson13"
+MARK = "lesson13"  # followed by the starting process's pid: another kernel's servers are not ours
 HOST = "127.0.0.1"  # load goes to loopback only
 
 
@@ -240,7 +240,7 @@ class ServerProcess:
         sock.close()
         self.url = f"http://{HOST}:{self.port}"
         self.args, self.app = list(args), app
-        self.env = dict(os.environ, **(env or {}), **{MARKER: MARK})
+        self.env = dict(os.environ, **(env or {}), **{MARKER: _mark(os.getpid())})
         self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
                                                                os.environ.get("PYTHONPATH", "")]))
         self.process: subprocess.Popen | None = None
@@ -318,9 +318,15 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
+def _mark(starter: int) -> str:
+    return f"{MARK}:{starter}"
+
+
 def leftover_servers() -> list[int]:
-    """Pids of live processes that carry the lesson's marker (for tests: none may be left)."""
-    found = []
+    """Pids of live processes that this process started as servers (for tests: none may be left).
+
+    Only this process's: a notebook's kernel or another test worker may run lesson 13 meanwhile."""
+    wanted, found = f"{MARKER}={_mark(os.getpid())}".encode(), []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
@@ -329,7 +335,7 @@ def leftover_servers() -> list[int]:
             status = (entry / "status").read_text()
         except OSError:
             continue
-        if f"{MARKER}={MARK}".encode() in environ.split(b"\0") and "State:\tZ" not in status:
+        if wanted in environ.split(b"\0") and "State:\tZ" not in status:
             found.append(int(entry.name))
     return found
 
