@@ -219,6 +219,9 @@ def run_hostile_code(path: Path) -> None:
         after = "".join(o.get("text", "") for o in cells[index + 1].outputs) if index + 1 < len(cells) else ""
         if "apps given the lifespan: 0" in after:
             message = ""  # this check is given no app (a plain function): a lifespan cannot be hostile to it
+            # It ran the right answer under the shortened limit: a check whose own work takes longer
+            # (lesson 13's forks two servers) may only be stopped by that limit, nothing else.
+            errors = [e for e in errors if not (e.ename == "CheckFailed" and f"still waiting after {LIMIT_S:g} s" in e.evalue)]
         if message == DEMO:
             if any(e.ename not in DEMO_ERRORS for e in errors):
                 problems.append(f"{what}: the demo raised {errors[0].ename}: {errors[0].evalue[:300]}")

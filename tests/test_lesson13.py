@@ -10,7 +10,7 @@ import psutil
 import pytest
 from conftest import assert_feedback_rules, failure_text, names, notebook_namespace
 
-from checks.lesson13 import ServerProcess, check_pool, check_settings, leftover_servers
+from checks.lesson13 import ServerProcess, check_pool, check_settings, check_visits, leftover_servers
 
 pytestmark = pytest.mark.anyio
 NS = notebook_namespace("13_production")
@@ -166,7 +166,140 @@ async def test_pool_wrong(name):
     assert hint in report.failures[0].hint
 
 
-# ---- exercise 2: settings and routers -------------------------------------------------------------
+# ---- exercise 2: a count two workers share ---------------------------------------------------------
+
+UPSERT = """
+    add_one = (insert(Visit).values(page=page, hits=1)
+               .on_conflict_do_update(index_elements=[Visit.page], set_={"hits": Visit.hits + 1})
+               .returning(Visit.hits))
+"""
+VISITS_RIGHT = {
+    "the solution: an upsert with RETURNING": "async def count_visit(session, page):" + UPSERT + """
+    hits = (await session.execute(add_one)).scalar_one()
+    await session.commit()
+    return hits
+""",
+    "raw SQL through text()": """
+from sqlalchemy import text
+async def count_visit(session, page):
+    row = await session.execute(text(
+        "INSERT INTO visits (page, hits) VALUES (:page, 1) "
+        "ON CONFLICT (page) DO UPDATE SET hits = hits + 1 RETURNING hits"), {"page": page})
+    hits = row.scalar_one()
+    await session.commit()
+    return hits
+""",
+    "UPDATE ... RETURNING, the row made first": """
+async def count_visit(session, page):
+    await session.execute(insert(Visit).values(page=page, hits=0).on_conflict_do_nothing())
+    hits = (await session.execute(update(Visit).where(Visit.page == page)
+                                  .values(hits=Visit.hits + 1).returning(Visit.hits))).scalar_one()
+    await session.commit()
+    return hits
+""",
+    # Correct on SQLite: the first INSERT takes the write lock, so the read and the write that follow
+    # in the same transaction cannot interleave with another writer's.
+    "write lock taken first, then read and write": """
+async def count_visit(session, page):
+    await session.execute(insert(Visit).values(page=page, hits=0).on_conflict_do_nothing())
+    hits = (await session.execute(select(Visit.hits).where(Visit.page == page))).scalar_one()
+    await session.execute(update(Visit).where(Visit.page == page).values(hits=hits + 1))
+    await session.commit()
+    return hits + 1
+""",
+}
+READ_THEN_WRITE = """
+    hits = (await session.execute(select(Visit.hits).where(Visit.page == page))).scalar()
+    if hits is None:
+        await session.execute(insert(Visit).values(page=page, hits=0).on_conflict_do_nothing())
+        await session.commit()
+        hits = 0
+    await session.execute(update(Visit).where(Visit.page == page).values(hits=hits + 1))
+    await session.commit()
+    return hits + 1
+"""
+IN_DB, COUNTS, ALL_200 = ("the count is in the database, committed", "a new page counts 1, its next visit 2",
+                          "40 visits at once, on two workers, answer 200")
+LOST, OWN = "no visit is lost: the database counts every one", "each visit answers its own count, 1 to 40 once each"
+VISITS_WRONG = {
+    "a module-level dict": ("""
+hits_by_page = {}
+async def count_visit(session, page):
+    hits_by_page[page] = hits_by_page.get(page, 0) + 1
+    return hits_by_page[page]
+""", IN_DB, "lives in the process"),
+    "a dict behind an asyncio.Lock": ("""
+hits_by_page, lock = {}, asyncio.Lock()
+async def count_visit(session, page):
+    async with lock:
+        hits_by_page[page] = hits_by_page.get(page, 0) + 1
+        return hits_by_page[page]
+""", IN_DB, "lives in the process"),
+    "read, then write": ("async def count_visit(session, page):" + READ_THEN_WRITE, LOST, "one statement"),
+    "read, then write, behind an asyncio.Lock": ("""
+lock = asyncio.Lock()
+async def count_visit(session, page):
+    async with lock:""" + textwrap.indent(READ_THEN_WRITE, "    "), LOST, "both wrote it plus one"),
+    "read, then write, behind a threading.Lock": ("""
+import threading
+lock = threading.Lock()
+async def count_visit(session, page):
+    with lock:""" + textwrap.indent(READ_THEN_WRITE, "    "), ALL_200, "threading.Lock"),
+    "the ORM object's += 1": ("""
+async def count_visit(session, page):
+    visit = await session.get(Visit, page)
+    if visit is None:
+        visit = Visit(page=page, hits=0)
+        session.add(visit)
+    visit.hits += 1
+    await session.commit()
+    return visit.hits
+""", ALL_200, "UNIQUE"),
+    "never committed": ("async def count_visit(session, page):" + UPSERT + """
+    return (await session.execute(add_one)).scalar_one()
+""", IN_DB, "commit"),
+    "read back after the commit": ("async def count_visit(session, page):" + UPSERT.replace(".returning(Visit.hits)", "") + """
+    await session.execute(add_one)
+    await session.commit()
+    return (await session.execute(select(Visit.hits).where(Visit.page == page))).scalar_one()
+""", OWN, "RETURNING"),
+    "UPDATE only: a new page has no row": ("""
+async def count_visit(session, page):
+    hits = (await session.execute(update(Visit).where(Visit.page == page)
+                                  .values(hits=Visit.hits + 1).returning(Visit.hits))).scalar_one()
+    await session.commit()
+    return hits
+""", "a visit answers 200 with the page's count", "NoResultFound"),
+    "the count before this visit": ("async def count_visit(session, page):" + UPSERT + """
+    hits = (await session.execute(add_one)).scalar_one()
+    await session.commit()
+    return hits - 1
+""", COUNTS, "after this visit"),
+    "the stub": ("""
+async def count_visit(session, page):
+    raise NotImplementedError("count one visit of the page")
+""", "a visit answers 200 with the page's count", "not written yet"),
+}
+
+
+@pytest.mark.parametrize("name", VISITS_RIGHT)
+async def test_visits_right(name):
+    (count_visit,) = build(VISITS_RIGHT[name], "count_visit")
+    report = await check_visits.report(count_visit)
+    assert report.passed, failure_text(report)
+
+
+@pytest.mark.parametrize("name", VISITS_WRONG)
+async def test_visits_wrong(name):
+    source, item, hint = VISITS_WRONG[name]
+    (count_visit,) = build(source, "count_visit")
+    report = await check_visits.report(count_visit)
+    assert_feedback_rules(report)
+    assert names(report)[0] == item, failure_text(report)
+    assert hint in report.failures[0].hint + report.failures[0].observed, failure_text(report)
+
+
+# ---- exercise 3: settings and routers -------------------------------------------------------------
 
 SETTINGS = """
 class Settings(BaseSettings):

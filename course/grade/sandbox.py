@@ -4,7 +4,7 @@ The zygote runs inside one `bwrap`: a read-only view of the system and of the co
 own process tree (`--unshare-pid`: everything ends with it, and the grader's /proc is not seen), no
 network, a cleared environment, and empty folders over `solutions/`, the submissions, the
 gradebook, the feedback and extra-checks folders, $HOME and /tmp. Each kernel forked from it then
-takes its own mount, network and IPC namespaces (a private /tmp, its own loopback, a /proc that
+takes its own mount, network and IPC namespaces (a private /tmp and /dev/shm, its own loopback, a /proc that
 shows only its own processes), and drops root for a uid of its own (no other kernel's files,
 processes or signals in reach; no way back: bwrap sets no_new_privs), with at most MAX_DATA_BYTES of
 memory per process. Its processes are ended
@@ -24,6 +24,7 @@ MODES = ("auto", "required", "off")
 UID_BASE = 1_000_000  # kernels' uids: UID_BASE + 64 * (grader pid % 100000) + slot, never a real user's
 UID_SLOTS = 64
 TMP_SIZE = "512m"  # each kernel's private /tmp
+SHM_SIZE = "64m"  # and its private /dev/shm
 MAX_PROCESSES = 256  # per kernel (its uid): a fork bomb stops here
 MAX_FILE_BYTES = 1 << 30  # per file a kernel writes
 MAX_DATA_BYTES = 2 << 30  # per kernel process (RLIMIT_DATA: its heap and private mappings): MemoryError past it
@@ -149,7 +150,9 @@ def seal_kernel(uid: int, home: str, conn: str) -> None:
         os.mkdir(stage, 0o700)
         _mount(libc, path, stage, None, MS_BIND | MS_REC)
         staged.append((stage, path))
+    # /dev/shm too: bwrap's is root's, and multiprocessing's locks (a ProcessPoolExecutor's) live there.
     for source, target, kind, options in ((b"tmpfs", b"/tmp", b"tmpfs", f"mode=1777,size={TMP_SIZE}".encode()),
+                                          (b"tmpfs", b"/dev/shm", b"tmpfs", f"mode=1777,size={SHM_SIZE}".encode()),
                                           (b"proc", b"/proc", b"proc", b"hidepid=2")):
         if libc.mount(source, target, kind, 0, options) != 0:
             raise OSError(ctypes.get_errno(), f"mount {target.decode()}")
