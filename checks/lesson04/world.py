@@ -73,6 +73,9 @@ async def until(predicate, timeout_s: float) -> bool:
         _waiters.remove(waiter)
 
 
+GATHER_S = 0.5  # how long a gathered call waits for the others before it answers anyway
+
+
 class Upstream(SlowService):
     """A remote service: waits `latency_s` (or the latency a check set for that key), then
     answers, or raises `UpstreamError` when it `fails` or the key is one of `fail_keys`, or
@@ -88,6 +91,7 @@ class Upstream(SlowService):
         self.fail_keys: set[str] = set()
         self.bug_keys: set[str] = set()
         self.calls: list[Call] = []
+        self.gather_to = 0  # > 0: each call waits until this many are in flight (or GATHER_S) before it answers
         self._lock = threading.Lock()
 
     def reset(self) -> None:
@@ -97,6 +101,7 @@ class Upstream(SlowService):
         self.fail_keys = set()
         self.bug_keys = set()
         self.calls = []
+        self.gather_to = 0
 
     def running(self) -> list[Call]:
         return [call for call in self.calls if call.end is None]
@@ -152,6 +157,8 @@ class Upstream(SlowService):
         outcome = "cancelled"
         try:
             with self.in_flight.call():
+                if self.gather_to:  # overlap by design, not by timing: a loaded machine cannot hide a lost place
+                    await until(lambda: self.in_flight.current >= self.gather_to, GATHER_S)
                 await asyncio.sleep(self.latency(key))
                 return self._respond(key, call)
         finally:
