@@ -36,8 +36,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from ..harness import describe_exception
 from .world import HOST, free_socket
 
-SQLITE_TIMEOUT_S = 5  # how long a write waits for another process's lock (sqlite3's default)
-ANSWER_TIMEOUT_S = SQLITE_TIMEOUT_S + 5  # a visit waits at most for the lock, then answers
+SQLITE_TIMEOUT_S = 10  # how long a write waits for another process's lock (twice sqlite3's default: a loaded machine)
+ANSWER_TIMEOUT_S = SQLITE_TIMEOUT_S + 2  # a visit waits at most for the lock, then answers
 
 
 class Base(DeclarativeBase):
