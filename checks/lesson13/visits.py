@@ -132,7 +132,7 @@ class Visits:
     def summary(self) -> str:
         hits = self.hits
         top = max((h for h in hits if isinstance(h, int)), default=None)
-        return (f"{self.sent} visits, {len(set(self.pids))} worker(s); answers 1 to {top}, "
+        return (f"{self.sent} visits, {len(self.pids)} worker(s); answers 1 to {top}, "
                 f"{len(hits) - len(set(map(str, hits)))} repeated; the database holds {self.stored}")
 
 
